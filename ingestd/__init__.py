@@ -1,0 +1,3 @@
+"""ingestd: receives school rosters and turns each day's roster into change events."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,240 @@
+"""The configuration: pydantic models of ingestd.toml and of tenants.d/*.toml.
+
+Loading validates and builds nothing: no socket, no file beyond the config
+itself, no secret is touched here (`ingestd check-config` runs only this).
+Every problem is reported at once, one line each, naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ingestd.errors import ConfigError
+from ingestd.oneroster import spec
+from ingestd.oneroster.reader import ReadLimits
+from ingestd.oneroster.validate import ValidationPolicy
+
+DEFAULT_CONFIG_PATH = Path("/etc/ingestd/ingestd.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/ingestd")
+TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (possibly several, colon-separated).
+    env = os.environ.get("STATE_DIRECTORY")
+    return Path(env.split(":")[0]) if env else DEFAULT_STATE_DIR
+
+
+class DaemonConfig(_Section):
+    """[daemon]: where state lives and how logs look."""
+
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    """Holds inbox/, sets/, snapshots/, host_keys/ and ingestd.db."""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """auto = readable on a terminal, JSON lines otherwise (journald, files, pipes)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe level logged."""
+
+
+class IngestConfig(_Section):
+    """[ingest]: what makes a set acceptable, and when loose files form a set."""
+
+    max_invalid_rows_percent: Percent = 1.0
+    """A file whose dropped rows exceed this share of its rows rejects the whole set."""
+    settle_seconds: float = Field(default=120.0, ge=0)
+    """Loose files form a set once no file of the tenant's inbox changed for this long."""
+    required_files: list[str] = Field(default_factory=lambda: list(spec.ENTITY_NAMES))
+    """Entities a set must carry when it has no manifest.csv (a manifest decides otherwise)."""
+    max_zip_total_bytes: int = Field(default=2 << 30, gt=0)
+    """A zip whose entries add up to more than this is rejected before it is expanded."""
+    max_zip_ratio: float = Field(default=100.0, gt=1)
+    """A zip entry expanding more than this many times its compressed size is rejected."""
+    report_examples: int = Field(default=20, ge=1, le=10_000)
+    """Examples kept per rule and file in a report (all occurrences are still counted)."""
+
+    @field_validator("required_files")
+    @classmethod
+    def _known_entities(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in spec.ENTITY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown entities {unknown}; valid: {', '.join(spec.ENTITY_NAMES)}")
+        return value
+
+    def validation_policy(self) -> ValidationPolicy:
+        """The validator's policy as this section sets it."""
+        return ValidationPolicy(
+            max_invalid_rows_percent=self.max_invalid_rows_percent,
+            required_entities=tuple(self.required_files),
+            limits=ReadLimits(
+                max_total_bytes=self.max_zip_total_bytes, max_ratio=self.max_zip_ratio
+            ),
+            max_examples=self.report_examples,
+        )
+
+
+class SafeguardsConfig(_Section):
+    """[safeguards]: a set that would delete or change too much is held for an operator."""
+
+    max_delete_percent: Percent = 10.0
+    """Hold the set when an entity loses more than this share of its rows."""
+    max_update_percent: Percent = 75.0
+    """Hold the set when more than this share of an entity's rows change."""
+    hold_on_empty: bool = True
+    """Hold the set when a required entity drops to zero rows."""
+
+
+class SftpConfig(_Section):
+    """[sftp]: the SFTP server schools push their exports to."""
+
+    listen: str = "0.0.0.0:2222"
+    """host:port to listen on."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:2222")
+        return value
+
+
+class Config(_Section):
+    """The whole ingestd.toml, plus the tenants read from tenants.d/ beside it."""
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    safeguards: SafeguardsConfig = Field(default_factory=SafeguardsConfig)
+    sftp: SftpConfig = Field(default_factory=SftpConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict, exclude=True)
+    path: Path | None = Field(default=None, exclude=True)
+    """The file this was loaded from (None for built-in defaults)."""
+
+    @property
+    def tenants_dir(self) -> Path | None:
+        """tenants.d/ beside the config file."""
+        return self.path.parent / "tenants.d" if self.path else None
+
+
+class TenantSafeguards(_Section):
+    """Per-tenant overrides of [safeguards]."""
+
+    max_delete_percent: Percent | None = None
+    max_update_percent: Percent | None = None
+
+
+class TenantConfig(_Section):
+    """tenants.d/<id>.toml: one school or district."""
+
+    id: str
+    """The tenant id: lowercase letters, digits, - and _; it names the tenant's folders."""
+    name: str = ""
+    """A human name, e.g. the school's."""
+    enabled: bool = True
+    safeguards: TenantSafeguards = Field(default_factory=TenantSafeguards)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return validate_tenant_id(value)
+
+
+def validate_tenant_id(value: str) -> str:
+    """Return `value` if it is a safe tenant id, else raise ValueError saying what is allowed."""
+    if not TENANT_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid tenant id: use 1-63 of a-z 0-9 - _, starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use: --config, then $INGESTD_CONFIG, then /etc/ingestd/ingestd.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("INGESTD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path | None, *, must_exist: bool = True) -> Config:
+    """Load and validate the config file and tenants.d/; ConfigError lists every problem."""
+    if path is None or (not path.exists() and not must_exist):
+        return Config()
+    data = _read_toml(path)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid configuration", _problems(exc, path)) from None
+    config = config.model_copy(update={"path": path})
+    tenants = load_tenants(config.tenants_dir) if config.tenants_dir else {}
+    return config.model_copy(update={"tenants": tenants})
+
+
+def load_tenants(directory: Path) -> dict[str, TenantConfig]:
+    """Every tenants.d/*.toml, validated; the file name must be `<id>.toml`."""
+    if not directory.is_dir():
+        return {}
+    tenants: dict[str, TenantConfig] = {}
+    problems: list[str] = []
+    for file in sorted(directory.glob("*.toml")):
+        try:
+            data = _read_toml(file)
+        except ConfigError as exc:
+            problems.extend(exc.problems or [exc.message])
+            continue
+        data.setdefault("id", file.stem)
+        try:
+            tenant = TenantConfig.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, file))
+            continue
+        if tenant.id != file.stem:
+            problems.append(f"{file}: id {tenant.id!r} does not match the file name")
+            continue
+        tenants[tenant.id] = tenant
+    if problems:
+        raise ConfigError(f"{directory}: invalid tenant files", problems)
+    return tenants
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file",
+            [f"{path}: create it (see config/ingestd.example.toml) or pass --config"],
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML", [f"{path}: {exc}"]) from None
+
+
+def _problems(exc: ValidationError, path: Path) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = err["loc"]
+        key = ".".join(str(p) for p in loc)
+        where = f"[{loc[0]}] {'.'.join(str(p) for p in loc[1:])}" if len(loc) > 1 else key
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config/ingestd.example.toml)"
+        out.append(f"{path}: {where}: {msg}")
+    return out
+
+
+Config.model_rebuild()
