@@ -25,6 +25,39 @@ from typing import NamedTuple, TypeVar
 import polars as pl
 
 from ingestd.oneroster import spec
+from ingestd.oneroster.sample_data import (
+    ABROAD,
+    ASCII_FOLD,
+    CLASS_CAP,
+    COURSE_GRADES,
+    COURSES,
+    DISTRICT_KINDS,
+    DISTRICT_PLACES,
+    ELEMENTARY_PERIODS,
+    FAMILY_NAMES,
+    GIVEN_NAMES,
+    K12,
+    LEVEL_COURSES,
+    LEVELS,
+    NAMED_ROOMS,
+    OTHER_STATES,
+    RACE_COLS,
+    RACE_CUM,
+    RACES,
+    RESIDENCE,
+    RESIDENCE_CUM,
+    ROMANIZED,
+    SCHOOL_NAMES,
+    SCHOOL_YEAR,
+    SESSIONS,
+    SLOTS,
+    SPANS,
+    STATES,
+    TERMS,
+    Course,
+    grade_label,
+    school_level,
+)
 
 __all__ = ["SampleSummary", "generate"]
 
@@ -40,257 +73,15 @@ class SampleSummary:
     bytes_written: int  # sum of the file sizes (directory) or the zip's size
 
 
-# The school year is fixed (never the clock) so that output does not depend on the day.
-SCHOOL_YEAR = "2027"
-# key, title, type, startDate, endDate, parent key: a Mon-Fri calendar with an MLK-day break.
-_SESSIONS = (
-    ("Y", "2026-2027", "schoolYear", "2026-08-17", "2027-06-04", ""),
-    ("S1", "Fall Semester 2026", "semester", "2026-08-17", "2027-01-15", "Y"),
-    ("S2", "Spring Semester 2027", "semester", "2027-01-19", "2027-06-04", "Y"),
-    ("Q1", "Quarter 1", "gradingPeriod", "2026-08-17", "2026-10-23", "S1"),
-    ("Q2", "Quarter 2", "gradingPeriod", "2026-10-26", "2027-01-15", "S1"),
-    ("Q3", "Quarter 3", "gradingPeriod", "2027-01-19", "2027-03-26", "S2"),
-    ("Q4", "Quarter 4", "gradingPeriod", "2027-03-29", "2027-06-04", "S2"),
-)
-# Course term -> the sessions in its termSourcedIds (Y: a year-long class lists both semesters).
-_TERMS = {"Y": ("S1", "S2"), "S1": ("S1",), "S2": ("S2",)}
-_SPANS = {key: (start, end) for key, _, _, start, end, _ in _SESSIONS}
-_K12 = spec.GRADE_CODES[spec.GRADE_CODES.index("KG") : spec.GRADE_CODES.index("12") + 1]
-# name suffix, grade indexes [lo, hi) into _K12, students per school (typical US sizes)
-_LEVELS = (("Elementary School", 0, 6, 450), ("Middle School", 6, 9, 700),
-           ("High School", 9, 13, 1300))  # fmt: skip
-_CLASS_CAP = {"HR": 25, "PE": 35, "MUS": 60, "ADV": 25}  # section size limits; others 28
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: reproducible zips
-
-_SUBJECT = {
-    "ELA": "English Language Arts", "MATH": "Mathematics", "SCI": "Science",
-    "SS": "Social Studies", "WL": "World Languages", "PE": "Physical Education",
-    "ARTS": "Fine Arts", "MUS": "Music", "CTE": "Career and Technical Education",
-    "LIB": "Library Media",
-}  # fmt: skip
-_NAMED_ROOMS = {"PE": "Gym", "MUS": "Music Room", "ARTS": "Art Room", "LIB": "Library"}
-
-# key|title|department|SCED-shaped subject code (area first: 01 English...)[|term][|subjects]
-# Term Y (default) = both semesters; subjects default to the department's.
-_SECONDARY_COURSES = """
-ELA06|English Language Arts 6|ELA|01041; ELA07|English Language Arts 7|ELA|01042
-ELA08|English Language Arts 8|ELA|01043; ENG9|English 9|ELA|01001; ENG10|English 10|ELA|01002
-ENG11|English 11|ELA|01003; ENG12|English 12|ELA|01004; JOUR|Journalism|ELA|01101
-APLANG|AP English Language and Composition|ELA|01005; CRWR|Creative Writing|ELA|01104|S2
-APLIT|AP English Literature and Composition|ELA|01006; MATH06|Math 6|MATH|02021
-MATH07|Math 7|MATH|02022; PREALG|Pre-Algebra|MATH|02051; ALG1|Algebra I|MATH|02052
-GEOM|Geometry|MATH|02072; ALG2|Algebra II|MATH|02056; PRECALC|Pre-Calculus|MATH|02110
-APCALC|AP Calculus AB|MATH|02124; STATS|Statistics|MATH|02201
-FINALG|Financial Algebra|MATH|02157; SCI06|Earth Science|SCI|03001
-SCI07|Life Science|SCI|03052; SCI08|Physical Science|SCI|03159; BIO|Biology|SCI|03051
-CHEM|Chemistry|SCI|03101; ENVS|Environmental Science|SCI|03003; PHYS|Physics|SCI|03151
-APBIO|AP Biology|SCI|03056; ANAT|Anatomy and Physiology|SCI|03053
-APCHEM|AP Chemistry|SCI|03106; ESS|Earth and Space Science|SCI|03002
-WGEO|World Geography|SS|04001; WHIST|World History|SS|04051; USH08|U.S. History 8|SS|04102
-USH|U.S. History|SS|04101; APUSH|AP U.S. History|SS|04104; GOV|U.S. Government|SS|04151|S1
-ECON|Economics|SS|04201|S2; PSYCH|Psychology|SS|04254|S1; SOC|Sociology|SS|04258|S2
-SPAN1|Spanish I|WL|06101; SPAN2|Spanish II|WL|06102; SPAN3|Spanish III|WL|06103
-FREN1|French I|WL|06201; FREN2|French II|WL|06202; FREN3|French III|WL|06203
-ASL1|American Sign Language I|WL|06801; ASL2|American Sign Language II|WL|06802
-PE|Physical Education|PE|08001; PE1|Physical Education I|PE|08001; HLTH|Health|PE|08051|S1
-PE2|Physical Education II|PE|08002|S2; BAND|Concert Band|MUS|05101
-CHOIR|Concert Choir|MUS|05110; ORCH|Orchestra|MUS|05105; ARTMS|Exploring Art|ARTS|05153
-ARTHS|Art I|ARTS|05154; DRAMA|Drama|ARTS|05051|S1; THEA|Theatre Arts I|ARTS|05052
-PHOTO|Photography|ARTS|05162|S2; DIGLIT|Digital Literacy|CTE|10003|S1
-CSD|Computer Science Discoveries|CTE|10011|S2|Computer Science
-STEM|STEM Design|CTE|21006|S2|Engineering,Technology; CULIN|Culinary Arts|CTE|16052
-CSP|AP Computer Science Principles|CTE|10019|Y|Computer Science,Mathematics
-ENGR|Introduction to Engineering Design|CTE|21007|Y|Engineering,Technology
-PFIN|Personal Finance|CTE|22210|S1
-"""
-
-# Per grade: slots separated by ";", each slot "A:weight|B+C:weight" where "B+C" is an S1/S2 pair.
-_MS_ELECTIVES = "BAND:3|CHOIR:2|ORCH:2|ARTMS:2|SPAN1:1; HLTH:2|DIGLIT:1|DRAMA:1; CSD|CRWR|STEM"
-_HS_ELECTIVE = "ARTHS:3|BAND:2|CHOIR:2|THEA:1|CSP:2|JOUR:1|CULIN:2|ENGR:1|PSYCH+SOC:3|PFIN+PHOTO:2"
-_SCHEDULES = {
-    **{
-        g: f"HR{g}; ELA{g}; MATH{g}; SCI{g}; SS{g}; ARTK5; MUSK5; PEK5; LIBK5+TECHK5"
-        for g in _K12[0:6]
-    },
-    "06": f"ELA06; MATH06; SCI06; WGEO; PE; ADV06; {_MS_ELECTIVES}",
-    "07": f"ELA07; MATH07:7|PREALG:3; SCI07; WHIST; PE; ADV07; {_MS_ELECTIVES}",
-    "08": f"ELA08; PREALG:7|ALG1:3; SCI08; USH08; PE; ADV08; {_MS_ELECTIVES}",
-    "09": f"ENG9; ALG1:6|GEOM:4; BIO; WGEO; PE1; SPAN1:6|FREN1:3|ASL1:1; ADV09; {_HS_ELECTIVE}",
-    "10": "ENG10; GEOM:55|ALG2:45; CHEM:7|ENVS:3; WHIST; HLTH+PE2; SPAN2:6|FREN2:3|ASL2:1; ADV10; "
-    + _HS_ELECTIVE,
-    "11": "ENG11:8|APLANG:2; ALG2:5|PRECALC:35|STATS:15; PHYS:5|APBIO:2|ANAT:3; USH:8|APUSH:2; "
-    f"SPAN3:4|FREN3:2|{_HS_ELECTIVE}; ADV11; {_HS_ELECTIVE}",
-    "12": "ENG12:75|APLIT:25; PRECALC:35|APCALC:25|STATS:25|FINALG:15; "
-    f"ESS:4|APCHEM:2|ANAT:2|ENVS:2; GOV+ECON; SPAN3:3|{_HS_ELECTIVE}; ADV12; {_HS_ELECTIVE}",
-}
-_ELEM_PERIODS = {"HR": "HR", "ELA": "1,2", "MATH": "3", "SCI": "4", "SS": "5"}  # literacy block
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(text.split(","))
-
-
-# Names: a US mix with multibyte UTF-8 on purpose; none contains a comma or a double quote.
-_FAMILY = _split(
-    "Smith,Johnson,Williams,Brown,Jones,García,Miller,Davis,Rodríguez,Martínez,Hernández,López,"
-    "González,Wilson,Anderson,Thomas,Taylor,Moore,Jackson,Martin,Lee,Pérez,Thompson,White,Harris,"
-    "Sánchez,Clark,Ramírez,Lewis,Robinson,Walker,Young,Allen,King,Wright,Scott,Torres,Nguyễn,Hill,"
-    "Flores,Green,Adams,Nelson,Baker,Hall,Rivera,Campbell,Mitchell,Carter,Roberts,Murphy,Cooper,"
-    "Reed,Bailey,Bell,Gómez,Kelly,Howard,Ward,Cox,Díaz,Richardson,Wood,Watson,Brooks,Bennett,"
-    "O'Brien,Müller,Schmidt,Kowalski,Nowak,Patel,Shah,Kim,Park,李,王,陈,Trần,Phạm,Okafor,Adeyemi,"
-    "Mensah,Haddad,Cohen,Jensen,Ólafsson,Dubois,Rossi,Yamamoto,Satō,Ivanov,Singh,Hussein,Ali,"
-    "Mwangi,D'Angelo,Van der Berg,de la Cruz,García-López,Łukasik,Çelik,Byström,Søndergaard"
-)
-_GIVEN = {
-    "female": _split(
-        "Emma,Olivia,Ava,Sophia,Isabella,Mia,Charlotte,Amelia,Harper,Evelyn,Abigail,Emily,Ella,"
-        "Madison,Scarlett,Victoria,Aria,Grace,Chloé,Zoë,Camila,Sofía,Valentina,Lucía,Ximena,María,"
-        "Ngozi,Amara,Aaliyah,Fatima,Priya,Ananya,Mei,秀英,Linh,Thảo,Yuna,Hana,Ingrid,Åsa,Siobhán,"
-        "Renée,Anaïs,Leilani,Nizhoni,Imani,Jasmine,Naomi,Hannah,Elizabeth"
-    ),
-    "male": _split(
-        "Liam,Noah,Oliver,Elijah,James,William,Benjamin,Lucas,Henry,Alexander,Mason,Michael,Ethan,"
-        "Daniel,Jacob,Logan,Jackson,Sebastian,Mateo,José,Santiago,Diego,Ángel,Luis,Carlos,Jesús,"
-        "Søren,Ólafur,Björn,Chidi,Kwame,Oluwaseun,Mohammed,Omar,Yusuf,Arjun,Rohan,Wei,伟,Minh,Huy,"
-        "Hiroshi,Jae-won,Dmitri,Mikhail,Tadeo,Malik,Jamal,Kai,David"
-    ),
-}
-_ROMAN = {"李": "li", "王": "wang", "陈": "chen", "秀英": "xiuying", "伟": "wei"}  # for usernames
-_FOLD = str.maketrans({"ø": "o", "Ø": "O", "æ": "ae", "ß": "ss", "đ": "d", "ł": "l", "Ł": "L"})
-_SCHOOL_NAMES = (
-    *_split(
-        "Lincoln,Washington,Jefferson,Roosevelt,César Chávez,Harriet Tubman,Amelia Earhart,"
-        "Sally Ride,Sonia Sotomayor,Rosa Parks,Frederick Douglass,Sacagawea,Helen Keller,Franklin,"
-        "Madison,Kennedy,Thurgood Marshall,Maya Angelou,Ellen Ochoa,Dolores Huerta,Sequoyah,"
-        "Mae Jemison"
-    ),
-    *(
-        f"{a} {b}"
-        for a in _split("Maple,Cedar,Willow,Pine,Oak,Aspen,Birch,Elm,Juniper,Sycamore,Cottonwood")
-        for b in _split("Ridge,Creek,Valley,Park,Hill,Grove,Meadow,Lake,Springs,Crossing")
-    ),
-)
-_DISTRICT_PLACES = ("Cedar Valley", "Riverbend", "Maple Hills", "Lakeview", "Pine Ridge")
-_DISTRICT_KINDS = ("Unified School District", "Public Schools", "School District")
-
-
-class _State(NamedTuple):
-    abbr: str
-    fips: str  # leading zeros kept: NCES-style identifiers start with it
-    area_codes: tuple[str, ...]
-    cities: tuple[str, ...]
-
-
-_STATES = (
-    _State("OR", "41", ("503", "541", "971"), ("Portland", "Salem", "Eugene", "Bend", "Medford")),
-    _State("CO", "08", ("303", "720", "970"), ("Denver", "Aurora", "Boulder", "Pueblo", "Greeley")),
-    _State("CA", "06", ("408", "510", "559"), ("San José", "Fresno", "Oakland", "Salinas")),
-    _State("TX", "48", ("512", "210", "915"), ("Austin", "San Antonio", "El Paso", "Laredo")),
-    _State("MN", "27", ("612", "651", "218"), ("Minneapolis", "Saint Paul", "Duluth", "Rochester")),
-)
-_OTHER_STATES = ("CA", "TX", "FL", "NY", "WA", "IL", "AZ", "GA", "PR")
-_ABROAD = (
-    ("MX", "Guadalajara"), ("VN", "Hồ Chí Minh City"), ("CN", "Shanghai"), ("IN", "Pune"),
-    ("SV", "San Salvador"), ("PH", "Quezon City"), ("SO", "Mogadishu"), ("UA", "Kyiv"),
-    ("DE", "München"), ("NG", "Lagos"), ("GT", "Quetzaltenango"), ("KR", "Seoul"),
-    ("BR", "São Paulo"), ("IS", "Reykjavík"),
-)  # fmt: skip
-# Race flag columns set for each category (weights roughly US public-school enrollment).
-_RACES = ((), ("white",), ("blackOrAfricanAmerican",), ("asian",),
-          ("americanIndianOrAlaskaNative",), ("nativeHawaiianOrOtherPacificIslander",),
-          ("white", "asian"), ("white", "blackOrAfricanAmerican"))  # fmt: skip
-_RACE_CUM = (2, 58, 76, 88, 90, 91, 95, 100)
-_RACE_COLS = ("americanIndianOrAlaskaNative", "asian", "blackOrAfricanAmerican",
-              "nativeHawaiianOrOtherPacificIslander", "white")  # fmt: skip
-# CEDS publicSchoolResidenceStatus option codes (leading zero kept); "" = not reported.
-_RESIDENCE = ("01652", "01653", "01654", "")
-_RESIDENCE_CUM = (80, 92, 97, 100)
-
-
-class _Course(NamedTuple):
-    key: str  # also the courseCode
-    title: str
-    dept: str  # teaching department; HR = taught by the elementary homeroom teacher
-    term: str  # Y, S1 or S2
-    sced: str = ""
-    subjects: str = ""
-
-
-def _catalogue() -> dict[str, _Course]:
-    courses: dict[str, _Course] = {}
-    for entry in _SECONDARY_COURSES.replace("\n", ";").strip(";").split(";"):
-        key, title, dept, sced, *rest = entry.strip().split("|")
-        term = rest[0] if rest else "Y"
-        subjects = rest[1] if len(rest) > 1 else _SUBJECT[dept]
-        courses[key] = _Course(key, title, dept, term, sced, subjects)
-    for g in _K12[0:6]:
-        label = _grade_label(g)
-        courses[f"HR{g}"] = _Course(f"HR{g}", f"{label} Homeroom", "HR", "Y")
-        for area, title in (("ELA", "English Language Arts"), ("MATH", "Mathematics"),
-                            ("SCI", "Science"), ("SS", "Social Studies")):  # fmt: skip
-            courses[f"{area}{g}"] = _Course(f"{area}{g}", f"{label} {title}", "HR", "Y", "", title)
-    specials = (("ARTK5", "Art", "ARTS", "Y"), ("MUSK5", "General Music", "MUS", "Y"),
-                ("PEK5", "Physical Education", "PE", "Y"), ("LIBK5", "Library", "LIB", "S1"),
-                ("TECHK5", "Technology", "CTE", "S2"))  # fmt: skip
-    for key, title, dept, term in specials:
-        courses[key] = _Course(key, title, dept, term, "", _SUBJECT[dept])
-    for g in _K12[6:13]:
-        courses[f"ADV{g}"] = _Course(f"ADV{g}", f"Advisory {int(g)}", "ADV", "Y")
-    return courses
-
-
-def _grade_label(g: str) -> str:
-    return "Kindergarten" if g == "KG" else f"Grade {int(g)}"
-
-
-Slot = tuple[tuple[tuple[str, ...], ...], tuple[int, ...]]  # options, cumulative weights
-
-
-def _parse_slots(text: str) -> tuple[Slot, ...]:
-    slots = []
-    for part in text.split(";"):
-        options, cum, total = [], [], 0
-        for option in part.strip().split("|"):
-            keys, _, weight = option.partition(":")
-            total += int(weight or 1)
-            options.append(tuple(keys.split("+")))
-            cum.append(total)
-        slots.append((tuple(options), tuple(cum)))
-    return tuple(slots)
-
-
-_COURSES = _catalogue()
-_SLOTS = {g: _parse_slots(text) for g, text in _SCHEDULES.items()}
-
-
-def _level(grade: int) -> int:
-    """0 elementary, 1 middle, 2 high, for a grade index into _K12."""
-    return next(i for i, (_, lo, hi, _) in enumerate(_LEVELS) if lo <= grade < hi)
-
-
-def _index_courses() -> tuple[tuple[list[str], ...], dict[str, list[str]]]:
-    """Each level's courses in schedule order, and the grades each course serves."""
-    by_level: tuple[list[str], ...] = ([], [], [])
-    grades: dict[str, list[str]] = {}
-    for index, g in enumerate(_K12):
-        for options, _ in _SLOTS[g]:
-            for key in (k for keys in options for k in keys):
-                if key not in by_level[_level(index)]:
-                    by_level[_level(index)].append(key)
-                if g not in grades.setdefault(key, []):
-                    grades[key].append(g)
-    return by_level, grades
-
-
-_LEVEL_COURSES, _COURSE_GRADES = _index_courses()
 
 
 @functools.cache
 def _ascii(name: str) -> str:
     """Lowercase ASCII letters/digits of a name, for usernames and email addresses."""
-    if name in _ROMAN:
-        return _ROMAN[name]
-    folded = unicodedata.normalize("NFKD", name.translate(_FOLD))
+    if name in ROMANIZED:
+        return ROMANIZED[name]
+    folded = unicodedata.normalize("NFKD", name.translate(ASCII_FOLD))
     return "".join(c for c in folded if c.isascii() and c.isalnum()).lower() or "user"
 
 
@@ -351,7 +142,7 @@ class _Person:
     phone: str = ""
     sms: str = ""
     agents: list[str] = field(default_factory=list)
-    grade: int = -1  # index into _K12 (students)
+    grade: int = -1  # index into K12 (students)
     org: int = 0  # index of the home school in _District.orgs
     dept: str = ""  # teachers
     room: str = ""
@@ -370,7 +161,7 @@ class _Org(NamedTuple):
 
 class _Section(NamedTuple):
     sid: str
-    course: _Course
+    course: Course
     org: _Org
     teacher: _Person
     code: str
@@ -390,7 +181,7 @@ class _District:
             for part in ("orgs", "people", "staff", "schedule", "demographics")
         )
         self.used_names: set[str] = set()
-        self.sessions = {k: _guid(self.rng_org) for k, *_ in _SESSIONS}
+        self.sessions = {k: _guid(self.rng_org) for k, *_ in SESSIONS}
         self._orgs(students)
         say("households")
         self.students: list[_Person] = []
@@ -410,16 +201,16 @@ class _District:
 
     def _orgs(self, students: int) -> None:
         rng = self.rng_org
-        self.state = rng.pick(_STATES)
-        place = rng.pick(_DISTRICT_PLACES)
+        self.state = rng.pick(STATES)
+        place = rng.pick(DISTRICT_PLACES)
         # RFC 2606 domain: synthetic addresses can never reach a real inbox.
         self.domain = f"{_ascii(place)}.example.org"
         lea = f"{self.state.fips}{100 + rng.below(99900):05d}"  # NCES-style district id
-        self.orgs = [_Org("100", f"{place} {rng.pick(_DISTRICT_KINDS)}", "district", lea, "")]
+        self.orgs = [_Org("100", f"{place} {rng.pick(DISTRICT_KINDS)}", "district", lea, "")]
         self.level_orgs: tuple[list[int], ...] = ([], [], [])
-        for level, (suffix, lo, hi, size) in enumerate(_LEVELS):
-            count = max(1, round(students * (hi - lo) / len(_K12) / size))
-            names = rng.sample(_SCHOOL_NAMES, len(_SCHOOL_NAMES))
+        for level, (suffix, lo, hi, size) in enumerate(LEVELS):
+            count = max(1, round(students * (hi - lo) / len(K12) / size))
+            names = rng.sample(SCHOOL_NAMES, len(SCHOOL_NAMES))
             for i in range(count):
                 again = i // len(names)
                 name = f"{names[i % len(names)]}{f' {again + 1}' if again else ''} {suffix}"
@@ -430,8 +221,8 @@ class _District:
                 self.level_orgs[level].append(n)
 
     def _name(self, rng: _Rng, sex: str, middle_odds: float) -> tuple[str, str]:
-        given = rng.pick(_GIVEN[sex])
-        middle = rng.pick(_GIVEN[sex]) if rng.random() < middle_odds else ""
+        given = rng.pick(GIVEN_NAMES[sex])
+        middle = rng.pick(GIVEN_NAMES[sex]) if rng.random() < middle_odds else ""
         return given, "" if middle == given else middle
 
     def _households(self, students: int) -> None:
@@ -443,14 +234,14 @@ class _District:
             kids = min(students - len(self.students), 1 if r < 0.80 else 2 if r < 0.97 else 3)
             r = rng.random()
             adults = 1 if r < 0.20 else 2 if r < 0.95 else 3  # ~1.5 guardians per student
-            family = rng.pick(_FAMILY)
+            family = rng.pick(FAMILY_NAMES)
             hood = rng.random()  # where the family lives decides its schools
             area = rng.pick(st.area_codes)
             guardians = []
             for j in range(adults):
                 sex = "female" if rng.random() < (0.6 if j == 0 else 0.4) else "male"
                 given, middle = self._name(rng, sex, 0.15)
-                surname = family if j == 0 or rng.random() < 0.6 else rng.pick(_FAMILY)
+                surname = family if j == 0 or rng.random() < 0.6 else rng.pick(FAMILY_NAMES)
                 guardian_no += 1 + rng.below(4)
                 domain = rng.pick(("example.com", "example.net", "example.org"))
                 email = _unique(
@@ -466,8 +257,8 @@ class _District:
                     )
                 )  # fmt: skip
             for _ in range(kids):
-                grade = rng.below(len(_K12))
-                schools = self.level_orgs[_level(grade)]
+                grade = rng.below(len(K12))
+                schools = self.level_orgs[school_level(grade)]
                 org = schools[int(hood * len(schools))]
                 sex = "female" if rng.random() < 0.49 else "male"
                 given, middle = self._name(rng, sex, 0.55)
@@ -492,7 +283,7 @@ class _District:
         rng = self.rng_staff
         sex = "female" if rng.random() < 0.7 else "male"
         given, middle = self._name(rng, sex, 0.3)
-        family = rng.pick(_FAMILY)
+        family = rng.pick(FAMILY_NAMES)
         self.staff_no += 1 + rng.below(5)
         self.employee_no += 1 + rng.below(9)
         emp = f"{self.employee_no:06d}"
@@ -507,7 +298,7 @@ class _District:
         return person
 
     def _room(self, org: int, dept: str) -> str:
-        name = _NAMED_ROOMS.get(dept, "")
+        name = NAMED_ROOMS.get(dept, "")
         n = self.rooms.get((org, name), 0)
         self.rooms[org, name] = n + 1
         if name:
@@ -545,10 +336,10 @@ class _District:
         roster: dict[tuple[int, str], list[_Person]] = {}
         for kid in self.students:
             if kid.grade < 6:  # one homeroom group takes all its classes together
-                roster.setdefault((kid.org, _K12[kid.grade]), []).append(kid)
+                roster.setdefault((kid.org, K12[kid.grade]), []).append(kid)
                 continue
             taken: list[str] = []
-            for options, cum in _SLOTS[_K12[kid.grade]]:
+            for options, cum in SLOTS[K12[kid.grade]]:
                 for _ in range(10):  # an elective slot must not repeat a course already taken
                     keys = rng.weighted(options, cum)
                     if not any(k in taken for k in keys):
@@ -561,26 +352,26 @@ class _District:
         return roster
 
     def _elementary_sections(self, n: int, roster: dict[tuple[int, str], list[_Person]]) -> None:
-        for g in _K12[0:6]:
-            for members in _chunks(roster.get((n, g), []), _CLASS_CAP["HR"]):
+        for g in K12[0:6]:
+            for members in _chunks(roster.get((n, g), []), CLASS_CAP["HR"]):
                 homeroom = self._staff(n, "teacher", "HR")
                 self.staff.append(homeroom)
-                for course in (_COURSES[k] for (keys,), _ in _SLOTS[g] for k in keys):
+                for course in (COURSES[k] for (keys,), _ in SLOTS[g] for k in keys):
                     if course.dept == "HR":
-                        who, periods = homeroom, _ELEM_PERIODS[course.key[:-2]]
+                        who, periods = homeroom, ELEMENTARY_PERIODS[course.key[:-2]]
                         title = f"{course.title} - {homeroom.family}"
                     else:  # specialists see every homeroom once a week
                         who, periods = self._teacher(n, course.dept, 30), "6"
-                        title = f"{course.title} - {_grade_label(g)} - {homeroom.family}"
+                        title = f"{course.title} - {grade_label(g)} - {homeroom.family}"
                     self._add(course, n, who, title, periods, members)
 
     def _secondary_sections(self, n: int, roster: dict[tuple[int, str], list[_Person]]) -> None:
         advisories = []
-        for key in _LEVEL_COURSES[self.orgs[n].level]:
-            course = _COURSES[key]
+        for key in LEVEL_COURSES[self.orgs[n].level]:
+            course = COURSES[key]
             members = roster.get((n, key), [])
             self.rng_sched.shuffle(members)  # sections mix students, as a scheduler would
-            for part in _chunks(members, _CLASS_CAP.get(course.dept, 28)):
+            for part in _chunks(members, CLASS_CAP.get(course.dept, 28)):
                 if course.dept == "ADV":
                     advisories.append((course, part))
                     continue
@@ -605,7 +396,7 @@ class _District:
             self.staff.append(current)
         return current
 
-    def _add(self, course: _Course, org: int, who: _Person, title: str, periods: str,
+    def _add(self, course: Course, org: int, who: _Person, title: str, periods: str,
              members: list[_Person]) -> None:  # fmt: skip
         who.sections += 1
         number = self.section_no.get((org, course.key), 0) + 1
@@ -615,7 +406,7 @@ class _District:
             _Section(
                 f"{len(self.sections) + 1:07d}", course, self.orgs[org], who,
                 f"{course.key}-{number:02d}", title, periods,
-                ",".join(_K12[g] for g in grades), members,
+                ",".join(K12[g] for g in grades), members,
             )
         )  # fmt: skip
 
@@ -635,24 +426,24 @@ def _orgs(d: _District) -> Columns:
 
 def _academic_sessions(d: _District) -> Columns:
     return {
-        "sourcedId": [d.sessions[s[0]] for s in _SESSIONS],
-        "title": [s[1] for s in _SESSIONS],
-        "type": [s[2] for s in _SESSIONS],
-        "startDate": [s[3] for s in _SESSIONS],
-        "endDate": [s[4] for s in _SESSIONS],
-        "parentSourcedId": [d.sessions[s[5]] if s[5] else "" for s in _SESSIONS],
-        "schoolYear": [SCHOOL_YEAR] * len(_SESSIONS),
+        "sourcedId": [d.sessions[s[0]] for s in SESSIONS],
+        "title": [s[1] for s in SESSIONS],
+        "type": [s[2] for s in SESSIONS],
+        "startDate": [s[3] for s in SESSIONS],
+        "endDate": [s[4] for s in SESSIONS],
+        "parentSourcedId": [d.sessions[s[5]] if s[5] else "" for s in SESSIONS],
+        "schoolYear": [SCHOOL_YEAR] * len(SESSIONS),
     }
 
 
 def _courses(d: _District) -> Columns:
-    offered = [(o, _COURSES[k]) for o in d.orgs[1:] for k in _LEVEL_COURSES[o.level]]
+    offered = [(o, COURSES[k]) for o in d.orgs[1:] for k in LEVEL_COURSES[o.level]]
     return {
         "sourcedId": [f"{o.sid}-{c.key}" for o, c in offered],
         "schoolYearSourcedId": [d.sessions["Y"]] * len(offered),
         "title": [c.title for _, c in offered],
         "courseCode": [c.key for _, c in offered],
-        "grades": [",".join(_COURSE_GRADES[c.key]) for _, c in offered],
+        "grades": [",".join(COURSE_GRADES[c.key]) for _, c in offered],
         "orgSourcedId": [o.sid for o, _ in offered],
         "subjects": [c.subjects for _, c in offered],
         "subjectCodes": [c.sced for _, c in offered],
@@ -660,7 +451,7 @@ def _courses(d: _District) -> Columns:
 
 
 def _classes(d: _District) -> Columns:
-    terms = {t: ",".join(d.sessions[k] for k in keys) for t, keys in _TERMS.items()}
+    terms = {t: ",".join(d.sessions[k] for k in keys) for t, keys in TERMS.items()}
     ss = d.sections
     return {
         "sourcedId": [s.sid for s in ss],
@@ -696,7 +487,7 @@ def _users(d: _District) -> Columns:
         "sms": [p.sms for p in people],
         "phone": [p.phone for p in people],
         "agentSourcedIds": [",".join(p.agents) for p in people],
-        "grades": [_K12[p.grade] if p.grade >= 0 else "" for p in people],
+        "grades": [K12[p.grade] if p.grade >= 0 else "" for p in people],
     }
 
 
@@ -711,23 +502,23 @@ def _demographics(d: _District) -> Columns:
         cols["sourcedId"].append(kid.sid)
         cols["birthDate"].append((first + timedelta(days=rng.below(365))).isoformat())
         cols["sex"].append(kid.sex)
-        races = rng.weighted(_RACES, _RACE_CUM)
-        for col in _RACE_COLS:
+        races = rng.weighted(RACES, RACE_CUM)
+        for col in RACE_COLS:
             cols[col].append("true" if col in races else "false")
         cols["demographicRaceTwoOrMoreRaces"].append("true" if len(races) > 1 else "false")
         cols["hispanicOrLatinoEthnicity"].append("true" if rng.random() < 0.28 else "false")
         r = rng.random()
         if r < 0.93:
-            state = home.abbr if r < 0.80 else rng.pick(_OTHER_STATES)
+            state = home.abbr if r < 0.80 else rng.pick(OTHER_STATES)
             city = rng.pick(home.cities) if state == home.abbr and rng.random() < 0.5 else ""
             country = "US"
         else:
-            country, city = rng.pick(_ABROAD)
+            country, city = rng.pick(ABROAD)
             state, city = "", city if rng.random() < 0.5 else ""
         cols["countryOfBirthCode"].append(country)
         cols["stateOfBirthAbbreviation"].append(state)
         cols["cityOfBirth"].append(city)
-        residence = rng.weighted(_RESIDENCE, _RESIDENCE_CUM)
+        residence = rng.weighted(RESIDENCE, RESIDENCE_CUM)
         cols["publicSchoolResidenceStatus"].append(residence)
     return cols
 
@@ -736,8 +527,8 @@ def _enrollments(d: _District) -> Columns:
     cols: Columns = {c: [] for c in ("classSourcedId", "schoolSourcedId", "userSourcedId", "role",
                                      "primary", "beginDate", "endDate")}  # fmt: skip
     for s in d.sections:
-        terms = _TERMS[s.course.term]
-        begin, end = _SPANS[terms[0]][0], _SPANS[terms[-1]][1]
+        terms = TERMS[s.course.term]
+        begin, end = SPANS[terms[0]][0], SPANS[terms[-1]][1]
         n = len(s.members) + 1  # the teacher first, then the students
         cols["classSourcedId"] += [s.sid] * n
         cols["schoolSourcedId"] += [s.org.sid] * n
@@ -849,8 +640,7 @@ def generate(
         raise ValueError(f"students must be at least 1, not {students}")
     out = Path(out)
     say = progress or (lambda _phrase: None)
-    # The model is ~10 objects per student and has no cycles: the cyclic collector would only
-    # rescan it over and over (half the run time at 100k students).
+    # The model (~10 objects/student) has no cycles: cyclic GC passes would only rescan it (2x).
     collecting = gc.isenabled()
     gc.disable()
     try:

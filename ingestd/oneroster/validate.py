@@ -18,14 +18,10 @@ import polars as pl
 
 from ingestd.oneroster import spec
 from ingestd.oneroster.reader import LINE, RawSet, RawTable, ReadLimits, read_set
+from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
-from ingestd.oneroster.spec import Column, Kind
+from ingestd.oneroster.rules import Check, duplicates, value_checks
 
-_DATE = r"^\d{4}-\d{2}-\d{2}$"
-_EXCEL_DATE = r"^\d{1,2}/\d{1,2}/(\d{2}|\d{4})$"
-_DATETIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$"
-_YEAR = r"^\d{4}$"
-_USER_ID = r"^\{[^{}:]+:[^{}]*\}$"
 # Header-only files of these entities are what a broken bulk export looks like.
 _MUST_HAVE_ROWS = ("orgs", "users")
 
@@ -90,14 +86,12 @@ def validate_raw(
         if checked is None:
             continue
         frame, dropped = checked
-        all_ids[entity] = (
-            table.frame.select(LINE, "sourcedId") if "sourcedId" in table.header else None
-        )
+        all_ids[entity] = table.frame.select(LINE, "sourcedId")
         frames[entity] = frame
         dropped_counts[entity] = dropped
     for entity in list(frames):
         progress(f"checking references of {tables[entity].name}")
-        frames[entity], lost = _check_references(entity, frames, all_ids, tables, report)
+        frames[entity], lost = check_references(entity, frames, all_ids, tables, report)
         dropped_counts[entity] += lost
     for entity, frame in frames.items():
         table = tables[entity]
@@ -117,13 +111,7 @@ def validate_raw(
                 "fix the errors listed for this file and export again",
                 file=table.name,
             )
-        kept_ids = frame["sourcedId"]
-        source_ids = table.frame["sourcedId"].drop_nulls()
-        out.dropped_ids[entity] = (
-            source_ids.filter(~source_ids.is_in(kept_ids.implode()))
-            .unique(maintain_order=True)
-            .to_list()
-        )
+        out.dropped_ids[entity] = _dropped_ids(table, frame) if total_dropped else []
         out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
         out.modes[entity] = modes[entity]
     return out
@@ -292,35 +280,8 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
                 "no_rows", msg, "leave the file out and mark it absent in manifest.csv", name
             )
     frame = table.frame.with_columns(pl.lit(None, pl.String).alias(c.name) for c in missing)
-    checks = _value_checks(entity, mode, frame)
-    if checks:
-        masks = frame.select(*(chk.mask.alias(f"m{i}") for i, chk in enumerate(checks)))
-        counts = masks.sum().row(0)
-        drop = pl.Series("drop", [False] * frame.height, dtype=pl.Boolean)
-        for i, chk in enumerate(checks):
-            n = int(counts[i] or 0)
-            if n == 0:
-                continue
-            mask = masks[f"m{i}"].fill_null(False)
-            hits = frame.filter(mask).head(report.max_examples)
-            report.add_rows(
-                severity=chk.severity,
-                code=chk.code,
-                file=name,
-                column=chk.column,
-                lines=hits[LINE].to_list(),
-                values=hits[chk.column].to_list(),
-                count=n,
-                message=chk.message,
-                fix=chk.fix,
-            )
-            if chk.severity is Severity.ERROR:
-                drop = drop | mask
-        frame = frame.filter(~drop)
-        dropped = int(drop.sum())
-    else:
-        dropped = 0
-    frame, dup_dropped = _duplicates(frame, entity.name, name, report)
+    frame, dropped = _apply_checks(frame, value_checks(entity, mode, frame), name, report)
+    frame, dup_dropped = duplicates(frame, entity.name, name, report)
     if mode == "bulk":
         for col in ("status", "dateLastModified"):
             n = frame[col].is_not_null().sum()
@@ -336,384 +297,77 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
     return frame, dropped + dup_dropped
 
 
-@dataclass(frozen=True, slots=True)
-class _Check:
-    code: str
-    severity: Severity
-    column: str
-    mask: pl.Expr  # True where the row breaks the rule
-    message: str
-    fix: str
-
-
-def _value_checks(entity: spec.Entity, mode: str, frame: pl.DataFrame) -> list[_Check]:
-    checks: list[_Check] = []
-    for c in entity.columns:
-        col = pl.col(c.name)
-        present = col.is_not_null()
-        if c.required or (mode == "delta" and c.name in ("status", "dateLastModified")):
-            checks.append(
-                _Check(
-                    "missing_value",
-                    Severity.ERROR,
-                    c.name,
-                    col.is_null() | (col.str.strip_chars() == ""),
-                    f"{c.name} is required",
-                    f"give every row a {c.name}",
-                )
-            )
-        checks.extend(_format_checks(c, col, present, mode))
-    return checks
-
-
-def _format_checks(c: Column, col: pl.Expr, present: pl.Expr, mode: str) -> list[_Check]:
-    E, W = Severity.ERROR, Severity.WARNING
-    if c.kind is Kind.ENUM:
-        allowed = list(c.values)
-        ok = col.is_in(allowed) | col.str.starts_with(spec.EXTENSION_PREFIX)
-        out = []
-        if c.name == "status":
-            legacy = col.is_in(list(spec.STATUS_LEGACY))
-            ok = ok | legacy
-            out.append(
-                _Check(
-                    "status_inactive",
-                    W,
-                    c.name,
-                    legacy,
-                    "status 'inactive' is a OneRoster 1.0 value; accepted as it is",
-                    "leave status blank in bulk files, or use active/tobedeleted",
-                )
-            )
-        case_only = ~ok & col.str.to_lowercase().is_in([v.lower() for v in allowed])
-        out.append(
-            _Check(
-                "enum_case",
-                E,
-                c.name,
-                present & case_only,
-                f"{c.name} values are case-sensitive",
-                f"use exactly one of: {', '.join(allowed)}",
-            )
-        )
-        out.append(
-            _Check(
-                "bad_enum",
-                E,
-                c.name,
-                present & ~ok & ~case_only,
-                f"{c.name} is not an allowed value",
-                f"use one of: {', '.join(allowed)} (or an ext: extension)",
-            )
-        )
-        return out
-    if c.kind is Kind.BOOL:
-        exact = col.is_in(list(spec.BOOL_VALUES))
-        loose = col.str.to_lowercase().is_in(list(spec.BOOL_VALUES))
-        return [
-            _Check(
-                "boolean_case",
-                W,
-                c.name,
-                present & ~exact & loose,
-                f"{c.name} should be lowercase true/false; read as lowercase",
-                "export booleans as true or false",
-            ),
-            _Check(
-                "bad_boolean",
-                E,
-                c.name,
-                present & ~loose,
-                f"{c.name} must be true or false",
-                "export booleans as true or false",
-            ),
-        ]
-    if c.kind is Kind.DATE:
-        shaped = col.str.contains(_DATE)
-        real = col.str.to_date("%Y-%m-%d", strict=False).is_not_null()
-        excel = col.str.contains(_EXCEL_DATE)
-        return [
-            _Check(
-                "excel_date",
-                E,
-                c.name,
-                present & excel,
-                f"{c.name} looks like an Excel date (M/D/YYYY)",
-                "format dates as YYYY-MM-DD (in Excel: Format Cells > Custom > yyyy-mm-dd)",
-            ),
-            _Check(
-                "bad_date",
-                E,
-                c.name,
-                present & ~excel & ~(shaped & real),
-                f"{c.name} is not a valid date",
-                "format dates as YYYY-MM-DD",
-            ),
-        ]
-    if c.kind is Kind.DATETIME:
-        severity = E if mode == "delta" else W
-        return [
-            _Check(
-                "bad_datetime",
-                severity,
-                c.name,
-                present & ~col.str.contains(_DATETIME),
-                f"{c.name} is not an ISO 8601 date-time",
-                "use UTC like 2026-08-17T18:25:43.511Z",
-            )
-        ]
-    if c.kind is Kind.YEAR:
-        return [
-            _Check(
-                "bad_year",
-                E,
-                c.name,
-                present & ~col.str.contains(_YEAR),
-                f"{c.name} must be a four-digit year",
-                "use YYYY, e.g. 2027",
-            )
-        ]
-    if c.kind is Kind.GRADES:
-        items = _items(col)
-        ok = items.list.eval(
-            pl.element().is_in(list(spec.GRADE_CODES))
-            | pl.element().str.starts_with(spec.EXTENSION_PREFIX)
-        ).list.all()
-        return [
-            _Check(
-                "bad_grade",
-                W,
-                c.name,
-                present & ~ok,
-                f"{c.name} holds a value that is not a CEDS grade code",
-                "use IT, PR, PK, TK, KG, 01-13, PS, UG or Other (two digits: 09, not 9)",
-            )
-        ]
-    if c.kind is Kind.ID_LIST:
-        empty_item = _items(col).list.eval(pl.element() == "").list.any()
-        return [
-            _Check(
-                "empty_list_item",
-                E,
-                c.name,
-                present & empty_item,
-                f"{c.name} has an empty item (a stray comma)",
-                'list items are separated by single commas: "a,b"',
-            )
-        ]
-    if c.kind is Kind.USER_IDS:
-        ok = _items(col).list.eval(pl.element().str.contains(_USER_ID)).list.all()
-        return [
-            _Check(
-                "bad_user_ids",
-                W,
-                c.name,
-                present & ~ok,
-                f"{c.name} items should look like {{type:id}}",
-                "format userIds as {LDAP:12345},{SIS:678}",
-            )
-        ]
-    return []
-
-
-def _items(col: pl.Expr) -> pl.Expr:
-    return col.str.split(",").list.eval(pl.element().str.strip_chars())
-
-
-def _duplicates(
-    frame: pl.DataFrame, entity: str, name: str, report: Report
-) -> tuple[pl.DataFrame, int]:
-    """Rows sharing a sourcedId: Skyward's per-school users rows are merged, others dropped."""
-    dup_mask = frame["sourcedId"].is_duplicated()
-    if not dup_mask.any():
-        return frame, 0
-    dups = frame.filter(dup_mask)
-    if entity == "users":
-        others = [c for c in frame.columns if c not in (LINE, "orgSourcedIds")]
-        variants = dups.select(others).unique().group_by("sourcedId").len()
-        mergeable = variants.filter(pl.col("len") == 1)["sourcedId"]
-        merge = dups.filter(pl.col("sourcedId").is_in(mergeable.implode()))
-        if not merge.is_empty():
-            orgs = (
-                merge.select("sourcedId", LINE, org=_items(pl.col("orgSourcedIds")))
-                .explode("org")
-                .sort(LINE)
-                .group_by("sourcedId", maintain_order=True)
-                .agg(pl.col("org").unique(maintain_order=True).str.join(","))
-            )
-            firsts = merge.sort(LINE).unique("sourcedId", keep="first", maintain_order=True)
-            merged = (
-                firsts.drop("orgSourcedIds")
-                .join(orgs, on="sourcedId")
-                .rename({"org": "orgSourcedIds"})
-            )
-            extra = merge.join(firsts.select(LINE), on=LINE, how="anti")
-            report.add_rows(
-                severity=Severity.WARNING,
-                code="users_merged",
-                file=name,
-                column="sourcedId",
-                lines=extra[LINE].head(report.max_examples).to_list(),
-                values=extra["sourcedId"].head(report.max_examples).to_list(),
-                count=extra.height,
-                message="the same user is repeated (once per school); rows merged, orgSourcedIds "
-                "united",
-                fix="export one row per user with all their orgs in orgSourcedIds",
-            )
-            rest = frame.filter(~pl.col("sourcedId").is_in(mergeable.implode()))
-            frame = pl.concat([rest, merged.select(frame.columns)]).sort(LINE)
-            dups = dups.filter(~pl.col("sourcedId").is_in(mergeable.implode()))
-    if dups.is_empty():
-        return frame, 0
-    report.add_rows(
-        severity=Severity.ERROR,
-        code="duplicate_id",
-        file=name,
-        column="sourcedId",
-        lines=dups[LINE].head(report.max_examples).to_list(),
-        values=dups["sourcedId"].head(report.max_examples).to_list(),
-        count=dups.height,
-        message="sourcedId is used by more than one row with different values; all are dropped",
-        fix="give every record its own sourcedId",
-    )
-    return frame.filter(~pl.col("sourcedId").is_in(dups["sourcedId"].implode())), dups.height
-
-
-# --- references --------------------------------------------------------------------------
-
-
-def _check_references(
-    entity: str,
-    frames: dict[str, pl.DataFrame],
-    all_ids: dict[str, pl.DataFrame | None],
-    tables: dict[str, RawTable],
-    report: Report,
-) -> tuple[pl.DataFrame, int]:
-    """Drop rows whose required references do not resolve; warn on optional ones."""
-    frame = frames[entity]
-    name = tables[entity].name
-    drop = pl.Series("drop", [False] * frame.height, dtype=pl.Boolean)
-    for ref in (r for r in spec.REFERENCES if r.entity == entity):
-        target = frames.get(ref.target)
-        if target is None:
-            continue
-        column = spec.ENTITY_BY_NAME[entity].column(ref.column)
-        severity = (
-            Severity.ERROR if column.required or ref.column == "sourcedId" else Severity.WARNING
-        )
-        if ref.target == entity:
-            target = frame.filter(~drop)
-        good = target["sourcedId"]
-        if ref.target_type is not None:
-            good = target.filter(pl.col("type") == ref.target_type)["sourcedId"]
-        values = pl.col(ref.column)
-        exploded = (
-            frame.with_row_index("__row")
-            .select(
-                "__row", LINE, item=_items(values) if column.is_list else pl.concat_list(values)
-            )
-            .explode("item")
-            .filter(pl.col("item").is_not_null() & (pl.col("item") != ""))
-        )
-        bad = exploded.filter(~pl.col("item").is_in(good.implode()))
-        if bad.is_empty():
-            continue
-        existing = target["sourcedId"]
-        raw_ids = all_ids.get(ref.target)
-        wrong_type = bad.filter(pl.col("item").is_in(existing.implode()))
-        rest = bad.filter(~pl.col("item").is_in(existing.implode()))
-        if raw_ids is not None:
-            was_dropped = rest.filter(pl.col("item").is_in(raw_ids["sourcedId"].implode()))
-            missing = rest.filter(~pl.col("item").is_in(raw_ids["sourcedId"].implode()))
-        else:
-            was_dropped, missing = rest.clear(), rest
-        target_name = tables[ref.target].name
-        what = f"{ref.column} -> {ref.target}"
-        for code, rows, message, fix in (
-            (
-                "dangling_reference",
-                missing,
-                f"{what}: no such sourcedId in {target_name}",
-                f"add the referenced record to {target_name} or remove the reference",
-            ),
-            (
-                "reference_to_dropped_row",
-                was_dropped,
-                f"{what}: the referenced row of {target_name} was dropped (see its errors)",
-                f"fix the referenced row in {target_name}",
-            ),
-            (
-                "reference_wrong_type",
-                wrong_type,
-                f"{what}: the referenced {ref.target} row is not of type {ref.target_type}",
-                f"point {ref.column} at an {ref.target} row of type {ref.target_type}",
-            ),
-        ):
-            if rows.is_empty():
-                continue
-            head = rows.head(report.max_examples)
-            report.add_rows(
-                severity=severity,
-                code=code,
-                file=name,
-                column=ref.column,
-                lines=head[LINE].to_list(),
-                values=head["item"].to_list(),
-                count=rows["__row"].n_unique(),
-                message=message,
-                fix=fix,
-            )
-        if severity is Severity.ERROR:
-            rows_bad = bad["__row"].unique()
-            drop = drop | pl.Series(range(frame.height)).is_in(rows_bad.implode())
-    for ref in (r for r in spec.REFERENCES if r.entity == entity and r.no_cycles):
-        cyclic = _cycles(frame.filter(~drop), ref.column)
-        if cyclic:
-            rows = frame.filter(pl.col("sourcedId").is_in(list(cyclic)) & ~drop)
-            report.add_rows(
-                severity=Severity.ERROR,
-                code="parent_cycle",
-                file=name,
-                column=ref.column,
-                lines=rows[LINE].head(report.max_examples).to_list(),
-                values=rows[ref.column].head(report.max_examples).to_list(),
-                count=rows.height,
-                message=f"{ref.column} chains form a cycle",
-                fix="a record cannot be its own ancestor",
-            )
-            drop = drop | frame["sourcedId"].is_in(list(cyclic))
-    return frame.filter(~drop), int(drop.sum())
-
-
-def _cycles(frame: pl.DataFrame, column: str) -> set[str]:
-    """sourcedIds that lie on a parent cycle (walked in Python: orgs and sessions are small)."""
-    parent = dict(zip(frame["sourcedId"].to_list(), frame[column].to_list(), strict=True))
-    on_cycle: set[str] = set()
-    state: dict[str, int] = {}  # 1 = being walked, 2 = done
-    for start in parent:
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node in parent and state.get(node) is None:
-            state[node] = 1
-            path.append(node)
-            node = parent[node]
-        if node is not None and state.get(node) == 1:
-            on_cycle.update(path[path.index(node) :])
-        for n in path:
-            state[n] = 2
-    return on_cycle
-
-
 # --- clean output ------------------------------------------------------------------------
 
 
+def _dropped_ids(table: RawTable, kept: pl.DataFrame) -> list[str]:
+    """sourcedIds the file had but the clean table lost (readable ids of dropped rows)."""
+    ids = table.frame.select(pl.col("sourcedId").drop_nulls().unique(maintain_order=True))
+    return ids.filter(~pl.col("sourcedId").is_in(kept["sourcedId"].implode()))[
+        "sourcedId"
+    ].to_list()
+
+
+def _apply_checks(
+    frame: pl.DataFrame, checks: list[Check], name: str, report: Report
+) -> tuple[pl.DataFrame, int]:
+    """Report every broken rule and drop the rows with errors; returns (frame, rows dropped).
+
+    Most rules judge each distinct value once (a million enrollments have a
+    handful of roles and dates) and then find the rows holding the bad ones.
+    """
+    drop: pl.Series | None = None
+    lowercase: list[str] = []
+    columns = sorted({c.column for c in checks if c.per_value})
+    columns = [c for c in columns if frame[c].null_count() < frame.height]
+    # All distinct values in one select: polars spreads the columns over the cores.
+    distinct = dict(
+        zip(
+            columns,
+            pl.collect_all([frame.lazy().select(pl.col(c).unique().drop_nulls()) for c in columns]),
+            strict=True,
+        )
+    )
+    for chk in checks:
+        col = chk.column
+        if chk.per_value:
+            if col not in distinct:
+                continue  # every value of the column is empty
+            bad_values = distinct[col].filter(chk.mask)[col]
+            if bad_values.is_empty():
+                continue
+            mask = frame[col].is_in(bad_values.implode())
+        else:
+            if chk.code == "missing_value" and frame[col].null_count() == 0:
+                continue
+            mask = frame.select(chk.mask.fill_null(False)).to_series()
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        hits = frame.filter(mask).head(report.max_examples)
+        report.add_rows(
+            severity=chk.severity,
+            code=chk.code,
+            file=name,
+            column=col,
+            lines=hits[LINE].to_list(),
+            values=hits[col].to_list(),
+            count=n,
+            message=chk.message,
+            fix=chk.fix,
+        )
+        if chk.severity is Severity.ERROR:
+            drop = mask if drop is None else drop | mask
+        if chk.code == "boolean_case":
+            lowercase.append(col)
+    if lowercase:
+        frame = frame.with_columns(pl.col(c).str.to_lowercase() for c in lowercase)
+    if drop is None:
+        return frame, 0
+    return frame.filter(~drop), int(drop.sum())
+
+
 def _clean(frame: pl.DataFrame, entity: spec.Entity) -> pl.DataFrame:
-    """Spec columns in spec order, then metadata.* columns; booleans lowercased; no line column."""
-    cols = []
-    for c in entity.columns:
-        expr = pl.col(c.name)
-        if c.kind is Kind.BOOL:
-            expr = expr.str.to_lowercase()
-        cols.append(expr.alias(c.name))
+    """Spec columns in spec order, then metadata.* columns; no line column."""
     meta = [c for c in frame.columns if c.startswith(spec.METADATA_PREFIX)]
-    return frame.select(*cols, *meta)
+    return frame.select(*entity.column_names, *meta)
