@@ -36,8 +36,13 @@ class RawTable:
     dropped_lines: int  # lines the reader had to drop (ragged, bad quotes)
 
 
-def read_table(data: bytes, entity: str, name: str, report: Report) -> RawTable | None:
-    """Parse one entity file; None (with the reasons in `report`) when the file is unusable."""
+def read_table(
+    data: bytes, entity: str, name: str, report: Report, *, one_pass: bool = True
+) -> RawTable | None:
+    """Parse one entity file; None (with the reasons in `report`) when the file is unusable.
+
+    `one_pass=False` forces the line-by-line path (tests compare both paths).
+    """
     data = data.removeprefix(BOM)
     if not data or data.isspace():
         report.reject(
@@ -64,7 +69,7 @@ def read_table(data: bytes, entity: str, name: str, report: Report) -> RawTable 
     header = next(csv.reader([header_text]), [])
     if not _check_header(header, name, report):
         return None
-    fast = _parse_sound_file(data, header, header_bytes)
+    fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
     if fast is not None:
         return RawTable(entity, name, header, fast, fast.height, 0)
     lines = _split_lines(data, name, report)
@@ -144,6 +149,10 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
         return None
     quotes = data.count(b'"') if b'"' in data else 0
     carriage_returns = data.count(b"\r") if b"\r" in data else 0
+    if carriage_returns and carriage_returns != data.count(b"\r\n"):
+        return None  # a lone CR: polars reads it as a line end, the line-by-line path does not
+    if quotes % 2:
+        return None  # well-formed quoting uses quotes in pairs; polars forgives an open one at EOF
     if quotes and data.count(b"\n") + (not data.endswith(b"\n")) != rows + 1:
         return None  # a quoted field spans lines, or a quote swallowed some
     value_bytes = frame.select(
