@@ -128,3 +128,49 @@ def test_sample_zip(tmp_path: Path) -> None:
     assert z1.read_bytes() == z2.read_bytes()
     run = ingestd("validate", z1)
     assert run.returncode == 0, run.stdout
+
+
+def test_progress_only_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "ingestd", "sample", str(tmp_path / "s"), "--students", "300"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            env=ENV,
+            timeout=120,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert run.returncode == 0
+    assert b"users" in seen and b"s]" in seen  # "[   0.1s] users" lines on the terminal
+    assert b"users" not in run.stdout.split(b":")[0]  # stdout (piped) has only the summary
+
+
+def test_check_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "ingestd.toml"
+    cfg.write_text("[ingest]\nsettle_seconds = 30\n")
+    (tmp_path / "tenants.d").mkdir()
+    (tmp_path / "tenants.d" / "lincoln.toml").write_text("")
+    run = ingestd("--config", cfg, "check-config")
+    assert run.returncode == 0, run.stderr
+    assert "1 tenants" in run.stdout
+    cfg.write_text("[ingest]\nsettle_seconds = 'soon'\n")
+    run = ingestd("--config", cfg, "check-config")
+    assert run.returncode == 2 and "[ingest] settle_seconds" in run.stderr

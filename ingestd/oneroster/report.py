@@ -192,6 +192,9 @@ class Report:
         verdict = "ACCEPTED" if self.accepted else "REJECTED"
         errors, warnings = self.total(Severity.ERROR), self.total(Severity.WARNING)
         out = [f"{verdict}: {self.source}  ({errors} errors, {warnings} warnings)"]
+        for name, f in sorted(self.files.items(), key=lambda kv: kv[1].entity):
+            dropped = f", {f.dropped_rows} dropped" if f.dropped_rows else ""
+            out.append(f"  {name:<24} {f.rows:>9} rows{dropped}  ({f.mode})")
         groups: dict[str, list[tuple[str, str, str, int]]] = {}
         for (sev, code, file, col), n in self.counts.items():
             groups.setdefault(file, []).append((sev, code, col, n))
