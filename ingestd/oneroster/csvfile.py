@@ -97,15 +97,7 @@ def read_table(
         )
     else:
         payload = data
-    frame = pl.read_csv(
-        payload,
-        has_header=True,
-        infer_schema=False,
-        quote_char='"',
-        null_values=[""],  # a quoted "" and an unquoted empty field are the same value
-        raise_if_empty=False,
-        truncate_ragged_lines=False,
-    )
+    frame = _parse(payload)
     del payload
     if frame.height != kept.height:  # cannot happen after the line checks; never trust it
         report.reject(
@@ -121,6 +113,19 @@ def read_table(
     return RawTable(entity, name, header, frame, data_lines, dropped)
 
 
+def _parse(data: bytes) -> pl.DataFrame:
+    """polars' CSV parse as ingestd uses it: every column a string, empty = null."""
+    return pl.read_csv(
+        data,
+        has_header=True,
+        infer_schema=False,
+        quote_char='"',
+        null_values=[""],  # a quoted "" and an unquoted empty field are the same value
+        raise_if_empty=False,
+        truncate_ragged_lines=False,
+    )
+
+
 def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl.DataFrame | None:
     """Parse a file in one polars pass, if it can be proven sound; None sends it line by line.
 
@@ -133,15 +138,7 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
     the line-by-line path that explains it. Costs one parse plus a few memchr.
     """
     try:
-        frame = pl.read_csv(
-            data,
-            has_header=True,
-            infer_schema=False,
-            quote_char='"',
-            null_values=[""],  # a quoted "" and an unquoted empty field are the same value
-            raise_if_empty=False,
-            truncate_ragged_lines=False,
-        )
+        frame = _parse(data)
     except pl.exceptions.PolarsError:
         return None
     width, rows = len(header), frame.height
