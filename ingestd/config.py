@@ -63,6 +63,10 @@ class IngestConfig(_Section):
     """A zip entry expanding more than this many times its compressed size is rejected."""
     report_examples: int = Field(default=20, ge=1, le=10_000)
     """Examples kept per rule and file in a report (all occurrences are still counted)."""
+    snapshot_retention: int = Field(default=14, ge=1)
+    """Accepted snapshots kept per tenant (any two kept sets can be diffed again)."""
+    ignore_columns: list[str] = Field(default_factory=lambda: ["dateLastModified"])
+    """Columns whose changes alone never make an update (some SIS restamp them daily)."""
 
     @field_validator("required_files")
     @classmethod
@@ -143,6 +147,8 @@ class TenantConfig(_Section):
     """A human name, e.g. the school's."""
     enabled: bool = True
     safeguards: TenantSafeguards = Field(default_factory=TenantSafeguards)
+    enrollment_key: Literal["sourcedId", "natural"] = "sourcedId"
+    """`natural`: match enrollments on class + user + role (for SIS that renumber them daily)."""
 
     @field_validator("id")
     @classmethod

@@ -1,0 +1,472 @@
+"""The SQLite store (`<state_dir>/ingestd.db`, WAL): tenants, sets, the change-event log, cursors.
+
+Events are only ever inserted inside the transaction that also records a set's
+outcome, so a crash leaves either all of a set's events or none. Ids come from
+`INTEGER PRIMARY KEY AUTOINCREMENT`: strictly increasing, never reused.
+
+A million events must go in at SQLite's own pace, so bulk batches are handed
+to SQLite as JSON arrays (`json_each`) built by polars in a second thread while
+SQLite inserts the previous chunk. Instead of an index on events by tenant
+(a quarter of the insert cost), `event_batches` records each transaction's id
+range and tenant; tenant queries walk those ranges by primary key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ingestd.errors import IngestError
+
+DB_NAME = "ingestd.db"
+SET_STATUSES = ("received", "rejected", "held", "accepted", "duplicate", "superseded")
+_CHUNK = 20_000  # events per json_each statement
+_SMALL = 64  # batches up to this size are inserted row by row
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first release
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        snapshot_set_id TEXT,
+        last_accepted TEXT,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE sets (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        digest TEXT,
+        received TEXT NOT NULL,
+        decided TEXT,
+        base_set_id TEXT,
+        summary TEXT,
+        report_path TEXT
+    );
+    CREATE INDEX sets_by_tenant ON sets (tenant, id);
+    CREATE INDEX sets_by_status ON sets (status, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        type TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        set_id TEXT,
+        created TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE event_batches (
+        first_id INTEGER PRIMARY KEY,
+        last_id INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        set_id TEXT
+    );
+    CREATE INDEX event_batches_by_tenant ON event_batches (tenant, last_id);
+    CREATE TABLE cursors (
+        sink TEXT PRIMARY KEY,
+        event_id INTEGER NOT NULL,
+        updated TEXT NOT NULL
+    );
+    """,
+)
+
+
+class StoreError(IngestError):
+    """The database is unusable (newer schema, corrupt, not writable)."""
+
+    code = "store"
+    exit_code = 2
+
+
+def utc_now() -> str:
+    """Now as ISO 8601 UTC with milliseconds: 2026-11-29T02:14:07.512Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events of one type: `data` holds each event's `data` object as JSON text."""
+
+    type: str
+    data: pl.Series | Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SetRow:
+    """One set as the store knows it."""
+
+    id: str
+    tenant: str
+    source: str
+    status: str
+    digest: str | None
+    received: str
+    decided: str | None
+    base_set_id: str | None
+    summary: dict[str, Any] | None
+    report_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRange:
+    """Ids of the events a commit inserted (empty when first > last)."""
+
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+
+class EventStore:
+    """One connection to ingestd.db; one writer at a time (SQLite's rule), readers alongside."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoint, atomic
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path}: cannot open the database ({exc.__class__.__name__})"
+            ) from None
+
+    @classmethod
+    def open(cls, state_dir: Path) -> EventStore:
+        """The store of a state directory."""
+        return cls(state_dir / DB_NAME)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this ingestd "
+                f"({len(MIGRATIONS)}); upgrade ingestd"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        """PRAGMA user_version."""
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- tenants and sets ----------------------------------------------------------------
+
+    def snapshot_of(self, tenant: str) -> str | None:
+        """The set id of the tenant's current snapshot (None before its first accepted set)."""
+        row = self.db.execute(
+            "SELECT snapshot_set_id FROM tenants WHERE id = ?", (tenant,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def tenants(self) -> list[tuple[str, str | None, str | None]]:
+        """(tenant, snapshot set id, last accepted time) for every tenant seen."""
+        return self.db.execute(
+            "SELECT id, snapshot_set_id, last_accepted FROM tenants ORDER BY id"
+        ).fetchall()
+
+    def add_set(self, set_id: str, tenant: str, source: str, digest: str | None) -> None:
+        """Record a claimed set as `received`."""
+        now = utc_now()
+        with self._write():
+            self.db.execute(
+                "INSERT OR IGNORE INTO tenants (id, created) VALUES (?, ?)", (tenant, now)
+            )
+            self.db.execute(
+                "INSERT INTO sets (id, tenant, source, status, digest, received) "
+                "VALUES (?, ?, ?, 'received', ?, ?)",
+                (set_id, tenant, source, digest, now),
+            )
+
+    def get_set(self, set_id: str) -> SetRow | None:
+        """One set, or None."""
+        row = self.db.execute(f"SELECT {_SET_COLUMNS} FROM sets WHERE id = ?", (set_id,)).fetchone()
+        return _set_row(row) if row else None
+
+    def list_sets(
+        self, tenant: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> list[SetRow]:
+        """Sets, newest first, filtered by tenant and status."""
+        sql = f"SELECT {_SET_COLUMNS} FROM sets WHERE 1=1"
+        args: list[Any] = []
+        if tenant:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        sql += " ORDER BY id DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_set_row(r) for r in self.db.execute(sql, args)]
+
+    def pending_sets(self) -> list[SetRow]:
+        """Sets left `received` (claimed, not decided), oldest first."""
+        rows = self.db.execute(
+            f"SELECT {_SET_COLUMNS} FROM sets WHERE status = 'received' ORDER BY id"
+        )
+        return [_set_row(r) for r in rows]
+
+    def decide_set(
+        self,
+        set_id: str,
+        status: str,
+        summary: dict[str, Any],
+        *,
+        report_path: str | None = None,
+        base_set_id: str | None = None,
+        events: Iterable[EventBatch] = (),
+        accept: bool = False,
+    ) -> EventRange:
+        """In one transaction: insert `events`, record the set's outcome and, when `accept`,
+        point the tenant at this set's snapshot and supersede its older held sets."""
+        if status not in SET_STATUSES:
+            raise ValueError(status)
+        row = self.get_set(set_id)
+        if row is None:
+            raise StoreError(f"no set {set_id}")
+        now = utc_now()
+        with self._write():
+            first = self._next_event_id()
+            for batch in events:
+                self._insert(batch, row.tenant, set_id, now)
+            last = self._next_event_id() - 1
+            if last >= first:
+                self.db.execute(
+                    "INSERT INTO event_batches (first_id, last_id, tenant, set_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    (first, last, row.tenant, set_id),
+                )
+            self.db.execute(
+                "UPDATE sets SET status = ?, decided = ?, summary = ?, report_path = "
+                "COALESCE(?, report_path), base_set_id = COALESCE(?, base_set_id) WHERE id = ?",
+                (status, now, json.dumps(summary), report_path, base_set_id, set_id),
+            )
+            if accept:
+                self.db.execute(
+                    "UPDATE tenants SET snapshot_set_id = ?, last_accepted = ? WHERE id = ?",
+                    (set_id, now, row.tenant),
+                )
+                self.db.execute(
+                    "UPDATE sets SET status = 'superseded', decided = ? "
+                    "WHERE tenant = ? AND status = 'held' AND id < ?",
+                    (now, row.tenant, set_id),
+                )
+        return EventRange(first, last)
+
+    def add_events(self, tenant: str, events: Iterable[EventBatch]) -> EventRange:
+        """Insert events that belong to no set's decision (e.g. sets.incomplete)."""
+        now = utc_now()
+        with self._write():
+            first = self._next_event_id()
+            for batch in events:
+                self._insert(batch, tenant, None, now)
+            last = self._next_event_id() - 1
+            if last >= first:
+                self.db.execute(
+                    "INSERT INTO event_batches (first_id, last_id, tenant, set_id) "
+                    "VALUES (?, ?, ?, NULL)",
+                    (first, last, tenant),
+                )
+        return EventRange(first, last)
+
+    # --- events ------------------------------------------------------------------------
+
+    def read_events(
+        self,
+        *,
+        after: int = 0,
+        tenant: str | None = None,
+        type_glob: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, str, str, str, str | None, str]]:
+        """Events with id > after, oldest first: (id, type, created, tenant, set_id, data)."""
+        args: list[Any] = []
+        if tenant:
+            sql = (
+                "SELECT e.id, e.type, e.created, e.tenant, e.set_id, e.data "
+                "FROM event_batches b JOIN events e ON e.id BETWEEN b.first_id AND b.last_id "
+                "WHERE b.tenant = ? AND b.last_id > ? AND e.id > ?"
+            )
+            args += [tenant, after, after]
+        else:
+            sql = "SELECT id, type, created, tenant, set_id, data FROM events e WHERE e.id > ?"
+            args.append(after)
+        if type_glob:
+            sql += " AND e.type GLOB ?"
+            args.append(type_glob)
+        sql += " ORDER BY e.id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return self.db.execute(sql, args).fetchall()
+
+    def iter_events(self, *, after: int = 0, page: int = 10_000, **filters: Any) -> Iterator[tuple]:
+        """All matching events after `after`, read page by page."""
+        while True:
+            rows = self.read_events(after=after, limit=page, **filters)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none)."""
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (PRAGMA data_version)."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    # --- sink cursors --------------------------------------------------------------------
+
+    def cursor(self, sink: str) -> int:
+        """The last event id `sink` acknowledged (0 when it has none)."""
+        row = self.db.execute("SELECT event_id FROM cursors WHERE sink = ?", (sink,)).fetchone()
+        return row[0] if row else 0
+
+    def set_cursor(self, sink: str, event_id: int) -> None:
+        """Advance `sink`'s cursor (never backwards)."""
+        with self._write():
+            self.db.execute(
+                "INSERT INTO cursors (sink, event_id, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (sink) DO UPDATE SET event_id = MAX(event_id, excluded.event_id), "
+                "updated = excluded.updated",
+                (sink, event_id, utc_now()),
+            )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def _next_event_id(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return (row[0] if row else 0) + 1
+
+    def _insert(self, batch: EventBatch, tenant: str, set_id: str | None, created: str) -> None:
+        data = batch.data
+        if len(data) <= _SMALL:
+            rows = data.to_list() if isinstance(data, pl.Series) else list(data)
+            self.db.executemany(
+                "INSERT INTO events (type, tenant, set_id, created, data) VALUES (?, ?, ?, ?, ?)",
+                [(batch.type, tenant, set_id, created, d) for d in rows],
+            )
+            return
+        series = data if isinstance(data, pl.Series) else pl.Series(list(data), dtype=pl.String)
+        sql = (
+            "INSERT INTO events (type, tenant, set_id, created, data) "
+            "SELECT ?, ?, ?, ?, value FROM json_each(?) ORDER BY key"
+        )
+        for chunk in _prefetch(_json_arrays(series)):
+            self.db.execute(sql, (batch.type, tenant, set_id, created, chunk))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_SET_COLUMNS = (
+    "id, tenant, source, status, digest, received, decided, base_set_id, summary, report_path"
+)
+
+
+def _set_row(row: tuple) -> SetRow:
+    values = list(row)
+    values[8] = json.loads(values[8]) if values[8] else None
+    return SetRow(*values)
+
+
+def _json_arrays(data: pl.Series) -> Iterator[str]:
+    """The JSON texts of `data` as JSON arrays of strings, `_CHUNK` at a time."""
+    for start in range(0, len(data), _CHUNK):
+        part = pl.DataFrame({"v": data.slice(start, _CHUNK)})
+        # {"v":"<escaped>"} -> "<escaped>": polars escapes each text as a JSON string.
+        items = part.select(
+            pl.struct("v").struct.json_encode().str.slice(5).str.strip_suffix("}").str.join(",")
+        ).item()
+        yield f"[{items}]"
+
+
+def _prefetch(chunks: Iterator[str], depth: int = 2) -> Iterator[str]:
+    """Build the next chunks in a second thread while the caller inserts this one."""
+    out: queue.Queue[object] = queue.Queue(maxsize=depth)
+    done = object()
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                out.put(chunk)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            out.put(done)
+
+    worker = threading.Thread(target=produce, name="ingestd-event-json", daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not done:
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                out.get(timeout=0.1)
+        worker.join()
+    if failure:
+        raise failure[0]

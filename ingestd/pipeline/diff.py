@@ -1,0 +1,205 @@
+"""Diff one entity's new rows against the tenant's snapshot: created, updated, deleted, new state.
+
+Keyed by sourcedId (or, for enrollments of SIS that renumber them daily, by
+classSourcedId + userSourcedId + role). Values compare after normalization:
+null equals empty, list fields compare as sets, a blank status equals
+`active`, and ignored columns (dateLastModified by default) never make an
+update. `status=tobedeleted` is a delete. In a bulk file a missing row is a
+delete, except rows the validator dropped as invalid: those keep their last
+good version. A delta file only upserts and deletes what it names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from ingestd.oneroster import spec
+
+NATURAL_KEYS = {"enrollments": ("classSourcedId", "userSourcedId", "role")}
+_OLD = "__old"
+
+
+@dataclass(frozen=True, slots=True)
+class DiffOptions:
+    """How rows are matched and compared."""
+
+    ignore_columns: tuple[str, ...] = ("dateLastModified",)
+    natural_key: bool = False  # enrollments keyed by class + user + role
+
+
+@dataclass(slots=True)
+class EntityDiff:
+    """The changes of one entity and the state it leaves."""
+
+    entity: str
+    state: pl.DataFrame  # the new snapshot of this entity
+    created: pl.DataFrame  # rows as they are now
+    updated: pl.DataFrame  # rows as they are now, plus PREVIOUS (JSON of the changed old values)
+    deleted: pl.DataFrame  # rows as they were last seen
+    prior_rows: int
+    kept_rows: int = 0  # invalid rows whose previous version was kept
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """rows / created / updated / deleted, for summaries and safeguards."""
+        return {
+            "rows": self.state.height,
+            "prior_rows": self.prior_rows,
+            "created": self.created.height,
+            "updated": self.updated.height,
+            "deleted": self.deleted.height,
+        }
+
+
+PREVIOUS = "__previous"
+
+
+def columns_of(entity: str, *frames: pl.DataFrame | None) -> list[str]:
+    """Spec columns in spec order, then every metadata.* column any frame has, sorted."""
+    meta = sorted({c for f in frames if f is not None for c in f.columns if c not in _spec(entity)})
+    return [*_spec(entity), *meta]
+
+
+def diff_entity(
+    entity: str,
+    old: pl.DataFrame | None,
+    new: pl.DataFrame | None,
+    *,
+    mode: str = "bulk",
+    keep_ids: list[str] | None = None,
+    options: DiffOptions | None = None,
+) -> EntityDiff:
+    """Compare `new` (None: the entity was absent from the set) with the snapshot `old`."""
+    options = options or DiffOptions()
+    cols = columns_of(entity, old, new)
+    old = _align(old, cols)
+    prior = old.height
+    if new is None:  # absent from the set: nothing is known, nothing changes
+        empty = old.clear()
+        return EntityDiff(entity, old, empty, empty.with_columns(_no_previous()), empty, prior)
+    new = _align(new, cols)
+    notes: list[str] = []
+    key = ["sourcedId"]
+    if options.natural_key and entity in NATURAL_KEYS:
+        natural = list(NATURAL_KEYS[entity])
+        if _unique(new, natural) and _unique(old, natural):
+            key = natural
+        else:
+            notes.append("natural key not unique; matched on sourcedId")
+    doomed = new.filter(pl.col("status") == "tobedeleted")
+    live = new.filter(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
+    kept = 0
+    if mode == "delta":
+        untouched = old.join(new.select(key), on=key, how="anti")
+        state = pl.concat([untouched, live])
+    else:
+        state = live
+        if keep_ids:
+            carried = old.filter(pl.col("sourcedId").is_in(pl.Series(keep_ids).implode())).join(
+                new.select(key), on=key, how="anti"
+            )
+            kept = carried.height
+            state = pl.concat([live, carried])
+    deleted = old.join(state.select(key), on=key, how="anti")
+    if mode == "delta":
+        deleted = deleted.join(doomed.select(key), on=key, how="semi")
+    created = live.join(old.select(key), on=key, how="anti")
+    updated = _updated(live, old, key, cols, options)
+    order = key
+    return EntityDiff(
+        entity=entity,
+        state=state.sort(order),
+        created=created.sort(order),
+        updated=updated.sort(order),
+        deleted=deleted.sort(order),
+        prior_rows=prior,
+        kept_rows=kept,
+        notes=notes,
+    )
+
+
+def _updated(
+    live: pl.DataFrame, old: pl.DataFrame, key: list[str], cols: list[str], options: DiffOptions
+) -> pl.DataFrame:
+    """Rows present before and now whose compared values differ, with the previous values."""
+    compared = [c for c in cols if c not in key and c not in options.ignore_columns]
+    if key != ["sourcedId"] and "sourcedId" in compared:
+        compared.remove("sourcedId")  # renumbered daily: not a change worth an event
+    both = live.join(
+        old.select(*key, *(pl.col(c).alias(c + _OLD) for c in compared)), on=key, how="inner"
+    )
+    if both.is_empty():
+        return live.clear().with_columns(_no_previous())
+    changed = {c: ~_norm(pl.col(c), c).eq_missing(_norm(pl.col(c + _OLD), c)) for c in compared}
+    both = both.with_columns(pl.any_horizontal(*changed.values()).alias("__changed")).filter(
+        "__changed"
+    )
+    pieces = [
+        pl.when(changed[c]).then(
+            pl.concat_str([pl.lit(json.dumps(c) + ":"), _json_string(pl.col(c + _OLD))])
+        )
+        for c in compared
+    ]
+    previous = pl.concat_str(
+        [pl.lit("{"), pl.concat_str(pieces, separator=",", ignore_nulls=True), pl.lit("}")]
+    )
+    return both.with_columns(previous.alias(PREVIOUS)).select(*cols, PREVIOUS)
+
+
+def _norm(expr: pl.Expr, column: str) -> pl.Expr:
+    """The comparable form of a value: empty = null, lists as sorted sets, blank status = active."""
+    value = pl.when(expr == "").then(None).otherwise(expr)
+    if column == "status":
+        return value.fill_null("active")
+    kind = _kind(column)
+    if kind is not None and kind in spec.LIST_KINDS:
+        return (
+            value.str.split(",")
+            .list.eval(pl.element().str.strip_chars())
+            .list.unique()
+            .list.sort()
+            .list.join(",")
+        )
+    return value
+
+
+def _json_string(expr: pl.Expr) -> pl.Expr:
+    """A string column as JSON string literals ("" for null), escaped by polars."""
+    return (
+        pl.struct(expr.fill_null("").alias("v"))
+        .struct.json_encode()
+        .str.slice(5)
+        .str.strip_suffix("}")
+    )
+
+
+def _no_previous() -> pl.Expr:
+    return pl.lit(None, pl.String).alias(PREVIOUS)
+
+
+def _align(frame: pl.DataFrame | None, cols: list[str]) -> pl.DataFrame:
+    if frame is None:
+        return pl.DataFrame(schema={c: pl.String for c in cols})
+    return frame.select(
+        *(pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c) for c in cols)
+    )
+
+
+def _unique(frame: pl.DataFrame, key: list[str]) -> bool:
+    return frame.select(key).n_unique() == frame.height
+
+
+def _spec(entity: str) -> tuple[str, ...]:
+    return spec.ENTITY_BY_NAME[entity].column_names
+
+
+_KINDS = {c.name: c.kind for e in spec.ENTITIES for c in e.columns}
+
+
+def _kind(column: str) -> spec.Kind | None:
+    # List-ness is per name across entities (grades, subjects, ... are lists everywhere).
+    return _KINDS.get(column)

@@ -1,0 +1,332 @@
+"""The one path every set takes: claim -> validate -> diff -> safeguards -> commit.
+
+Commit protocol (DESIGN.md, "A set's life"): the new snapshot is written to a
+temp folder and renamed into place, then ONE SQLite transaction inserts every
+change event, marks the set accepted and points the tenant at the snapshot. A
+crash before that transaction leaves the old snapshot current and the set
+`received`; `recover()` processes it again, and since events are only inserted
+in that transaction none is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingestd.config import Config
+from ingestd.errors import IngestError, UsageError
+from ingestd.events.store import EventRange, EventStore, SetRow
+from ingestd.logging import get_logger
+from ingestd.oneroster import spec
+from ingestd.oneroster.report import Severity
+from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
+from ingestd.pipeline import sets
+from ingestd.pipeline.changes import record_events, set_event
+from ingestd.pipeline.diff import DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.safeguards import SafeguardPolicy, check
+from ingestd.pipeline.snapshot import prune_snapshots, read_snapshot, write_snapshot
+
+EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """Everything the pipeline needs to know about how one tenant's sets are judged."""
+
+    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
+    safeguards: SafeguardPolicy = field(default_factory=SafeguardPolicy)
+    diff: DiffOptions = field(default_factory=DiffOptions)
+    snapshot_retention: int = 14
+
+
+def tenant_policy(config: Config, tenant: str) -> TenantPolicy:
+    """The policy of `tenant`: the global config with the tenant file's overrides."""
+    ingest, guards = config.ingest, config.safeguards
+    own = config.tenants.get(tenant)
+    overrides = own.safeguards if own else None
+    return TenantPolicy(
+        validation=ingest.validation_policy(),
+        safeguards=SafeguardPolicy(
+            max_delete_percent=_first(
+                overrides and overrides.max_delete_percent, guards.max_delete_percent
+            ),
+            max_update_percent=_first(
+                overrides and overrides.max_update_percent, guards.max_update_percent
+            ),
+            hold_on_empty=guards.hold_on_empty,
+            required_entities=tuple(ingest.required_files),
+        ),
+        diff=DiffOptions(
+            ignore_columns=tuple(ingest.ignore_columns),
+            natural_key=bool(own and own.enrollment_key == "natural"),
+        ),
+        snapshot_retention=ingest.snapshot_retention,
+    )
+
+
+def _first(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+@dataclass(slots=True)
+class SetOutcome:
+    """What became of a set."""
+
+    set_id: str
+    tenant: str
+    status: str
+    summary: dict[str, Any]
+    events: EventRange | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 accepted (or identical to the current set), 1 rejected, 3 held."""
+        return EXIT_CODES.get(self.status, 1)
+
+
+class Pipeline:
+    """Takes claimed sets through validation, diff, safeguards and commit."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        store: EventStore,
+        policy: Callable[[str], TenantPolicy] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.policy = policy or (lambda tenant: TenantPolicy())
+
+    # --- entry points ----------------------------------------------------------------------
+
+    def ingest_path(self, tenant: str, path: Path, source: str = "cli") -> SetOutcome:
+        """Copy a set from disk (folder or zip) into the state dir and process it."""
+        set_id, _, digest = sets.claim_copy(self.state_dir, tenant, path)
+        return self.process_claimed(tenant, set_id, digest, source)
+
+    def process_claimed(self, tenant: str, set_id: str, digest: str, source: str) -> SetOutcome:
+        """Record a claimed set folder as received, then process it."""
+        self.store.add_set(set_id, tenant, source, digest)
+        return self.process(set_id)
+
+    def recover(self) -> list[SetOutcome]:
+        """Adopt set folders a crash left unrecorded, then process every `received` set."""
+        known = {row.id for row in self.store.list_sets()}
+        for tenant, set_id, folder in sets.orphan_sets(self.state_dir, known):
+            raw = folder / sets.RAW
+            files = [p for p in raw.rglob("*") if p.is_file()]
+            self.store.add_set(set_id, tenant, "recovered", sets.digest(files, raw))
+        return [self.process(row.id) for row in self.store.pending_sets()]
+
+    def approve(self, set_id: str) -> SetOutcome:
+        """Commit a held set as if it had passed its safeguards."""
+        row = self._held(set_id)
+        return self.process(row.id, approved=True)
+
+    def reject(self, set_id: str) -> SetOutcome:
+        """Drop a held set: it stays on disk, the snapshot stays as it is."""
+        row = self._held(set_id)
+        summary = dict(row.summary or {})
+        summary.update(
+            status="rejected", reasons=[{"code": "operator", "message": "rejected by an operator"}]
+        )
+        rng = self.store.decide_set(
+            set_id, "rejected", summary, events=[set_event("rejected", summary)]
+        )
+        get_logger(tenant=row.tenant, set_id=set_id).info("set.rejected", reason="operator")
+        return SetOutcome(set_id, row.tenant, "rejected", summary, rng)
+
+    # --- the path --------------------------------------------------------------------------
+
+    def process(self, set_id: str, *, approved: bool = False) -> SetOutcome:
+        """Validate, diff, guard and commit one received (or, approved, held) set."""
+        row = self.store.get_set(set_id)
+        if row is None:
+            raise UsageError(f"no set {set_id}")
+        log = get_logger(tenant=row.tenant, set_id=set_id)
+        try:
+            return self._process(row, approved, log)
+        except IngestError:
+            raise
+        except Exception as exc:  # a bug must not wedge the tenant: record it, keep the files
+            log.error("set.internal_error", error=exc.__class__.__name__)
+            summary = self._summary(row, "rejected")
+            summary["reasons"] = [
+                {
+                    "code": "internal_error",
+                    "message": f"ingestd failed on this set ({exc.__class__.__name__}); "
+                    "the files are kept, see the daemon log",
+                }
+            ]
+            rng = self.store.decide_set(
+                set_id, "rejected", summary, events=[set_event("rejected", summary)]
+            )
+            return SetOutcome(set_id, row.tenant, "rejected", summary, rng)
+
+    def _process(self, row: SetRow, approved: bool, log: Any) -> SetOutcome:
+        tenant, set_id = row.tenant, row.id
+        folder = sets.set_dir(self.state_dir, tenant, set_id)
+        current = self.store.snapshot_of(tenant)
+        if not approved and current is not None and row.digest:
+            base = self.store.get_set(current)
+            if base is not None and base.digest == row.digest:
+                summary = self._summary(row, "duplicate", base_set_id=current)
+                self.store.decide_set(set_id, "duplicate", summary, base_set_id=current)
+                log.info("set.duplicate", same_as=current)
+                return SetOutcome(set_id, tenant, "duplicate", summary)
+        policy = self.policy(tenant)
+        result = validate_set(sets.raw_input(folder), policy.validation)
+        report_path = self._write_report(folder, result)
+        if not result.accepted:
+            summary = self._summary(row, "rejected", result=result, report=report_path)
+            summary["reasons"] = _top_errors(result)
+            rng = self.store.decide_set(
+                set_id,
+                "rejected",
+                summary,
+                report_path=str(report_path),
+                events=[set_event("rejected", summary)],
+            )
+            log.info("set.rejected", errors=summary["errors"], report=str(report_path))
+            return SetOutcome(set_id, tenant, "rejected", summary, rng)
+
+        old = read_snapshot(self.state_dir, tenant, current)
+        diffs = self._diff(old, result, policy)
+        counts = {e: d.counts for e, d in diffs.items()}
+        reasons = check(counts, policy.safeguards, first_set=current is None)
+        summary = self._summary(
+            row, "accepted", result=result, report=report_path, base_set_id=current
+        )
+        summary["counts"] = counts
+        summary["kept_invalid_rows"] = {e: d.kept_rows for e, d in diffs.items() if d.kept_rows}
+        if reasons and not approved:
+            summary.update(status="held", reasons=[r.to_dict() for r in reasons])
+            rng = self.store.decide_set(
+                set_id,
+                "held",
+                summary,
+                report_path=str(report_path),
+                base_set_id=current,
+                events=[set_event("held", summary)],
+            )
+            log.warning("set.held", reasons=[r.describe() for r in reasons])
+            return SetOutcome(set_id, tenant, "held", summary, rng)
+        if approved:
+            summary["approved"] = True
+        write_snapshot(self.state_dir, tenant, set_id, {e: d.state for e, d in diffs.items()})
+        events = [*record_events(diffs), set_event("accepted", summary)]
+        rng = self.store.decide_set(
+            set_id,
+            "accepted",
+            summary,
+            report_path=str(report_path),
+            base_set_id=current,
+            events=events,
+            accept=True,
+        )
+        prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
+        log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
+        return SetOutcome(set_id, tenant, "accepted", summary, rng)
+
+    def _diff(
+        self, old: dict[str, Any], result: ValidatedSet, policy: TenantPolicy
+    ) -> dict[str, EntityDiff]:
+        diffs = {}
+        for entity in spec.ENTITY_NAMES:
+            new = result.tables.get(entity)
+            if new is None and entity not in old:
+                continue
+            diffs[entity] = diff_entity(
+                entity,
+                old.get(entity),
+                new,
+                mode=result.modes.get(entity, "bulk"),
+                keep_ids=result.dropped_ids.get(entity),
+                options=policy.diff,
+            )
+        return diffs
+
+    def _held(self, set_id: str) -> SetRow:
+        row = self.store.get_set(set_id)
+        if row is None:
+            raise UsageError(f"no set {set_id}")
+        if row.status != "held":
+            raise UsageError(f"set {set_id} is {row.status}, not held")
+        return row
+
+    def _summary(
+        self,
+        row: SetRow,
+        status: str,
+        *,
+        result: ValidatedSet | None = None,
+        report: Path | None = None,
+        base_set_id: str | None = None,
+    ) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "set_id": row.id,
+            "tenant": row.tenant,
+            "source": row.source,
+            "status": status,
+            "received": row.received,
+            "base_set_id": base_set_id,
+        }
+        if result is not None:
+            summary["errors"] = result.report.total(Severity.ERROR)
+            summary["warnings"] = result.report.total(Severity.WARNING)
+            summary["files"] = {n: f.rows for n, f in sorted(result.report.files.items())}
+        if report is not None:
+            summary["report"] = str(report)
+        return summary
+
+    def _write_report(self, folder: Path, result: ValidatedSet) -> Path:
+        path = folder / "report.json"
+        path.write_text(result.report.to_json() + "\n", encoding="utf-8")
+        (folder / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
+        return path
+
+
+def _top_errors(result: ValidatedSet, limit: int = 10) -> list[dict[str, Any]]:
+    """The first errors of a rejected set, without cell values (they may be student data)."""
+    out = []
+    for issue in result.report.issues:
+        if issue.severity is Severity.ERROR and issue.scope.value != "row":
+            out.append(
+                {
+                    k: v
+                    for k, v in issue.to_dict().items()
+                    if k not in ("value", "severity", "scope")
+                }
+            )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def summary_text(outcome: SetOutcome) -> str:
+    """The summary a person reads after `ingestd ingest` / `sets approve`."""
+    s = outcome.summary
+    lines = [f"set {outcome.set_id} of {outcome.tenant}: {outcome.status}"]
+    if outcome.status == "duplicate":
+        lines.append(f"  identical to the current set {s.get('base_set_id')}: nothing changed")
+    for entity, c in (s.get("counts") or {}).items():
+        lines.append(
+            f"  {entity:<17} {c['rows']:>9} rows   +{c['created']} ~{c['updated']} -{c['deleted']}"
+        )
+    for reason in s.get("reasons") or []:
+        where = " ".join(
+            str(x)
+            for x in (reason.get("file"), reason.get("line") and f"line {reason['line']}")
+            if x
+        )
+        lines.append(f"  {reason.get('code') or reason.get('rule')}: {where} {reason['message']}")
+    if s.get("report"):
+        lines.append(f"  report: {s['report']}")
+    if outcome.events and outcome.events.count:
+        lines.append(f"  events {outcome.events.first}..{outcome.events.last}")
+    if outcome.status == "held":
+        lines.append(f"  approve: ingestd sets approve {outcome.set_id}")
+        lines.append(f"  reject:  ingestd sets reject {outcome.set_id}")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""A set's folder: `sets/<tenant>/<set_id>/` with `raw/` (the files as received) and reports.
+
+Claiming copies (from the command line) or moves (from the inbox) the files
+into a hidden folder, then renames it into place, so a set folder is always
+whole; its digest lets an identical re-delivery be recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from ingestd.config import validate_tenant_id
+from ingestd.errors import UsageError
+from ingestd.ids import new_ulid
+
+SETS = "sets"
+RAW = "raw"
+COPYING = ".copy-"
+MOVING = ".claim-"
+
+
+def set_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
+    """The folder of one set."""
+    return state_dir / SETS / tenant / set_id
+
+
+def raw_input(folder: Path) -> Path:
+    """What to validate in a set folder: its raw/ folder, or the single zip inside it."""
+    raw = folder / RAW
+    files = [p for p in raw.iterdir() if p.is_file()] if raw.is_dir() else []
+    if len(files) == 1 and files[0].suffix.lower() == ".zip":
+        return files[0]
+    return raw
+
+
+def digest(paths: Iterable[Path], root: Path) -> str:
+    """sha256 over the files' names (relative to root) and bytes, in name order."""
+    h = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.stat().st_size.to_bytes(8, "big"))
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, str]:
+    """Copy a set (a folder or a zip) into a new set folder: (set_id, folder, digest)."""
+    validate_tenant_id(tenant)
+    if not source.exists():
+        raise UsageError(f"{source}: no such file or directory")
+    set_id = new_ulid()
+    final = set_dir(state_dir, tenant, set_id)
+    temp = final.parent / f"{COPYING}{set_id}"  # the source stays: a crash here loses nothing
+    raw = temp / RAW
+    raw.mkdir(parents=True)
+    if source.is_dir():
+        files = [p for p in sorted(source.iterdir()) if p.is_file()]
+        dirs = [p for p in source.iterdir() if p.is_dir()]
+        for p in files:
+            shutil.copy2(p, raw / p.name)
+        for d in dirs:  # a nested folder is reported by the validator, not lost here
+            shutil.copytree(d, raw / d.name)
+    else:
+        shutil.copy2(source, raw / source.name)
+    copied = [p for p in raw.rglob("*") if p.is_file()]
+    for p in copied:
+        _fsync(p)
+    sha = digest(copied, raw)
+    os.replace(temp, final)
+    _fsync(final.parent)
+    return set_id, final, sha
+
+
+def claim_move(state_dir: Path, tenant: str, files: list[Path]) -> tuple[str, Path, str]:
+    """Move files (of one filesystem, e.g. from the inbox) into a new set folder."""
+    validate_tenant_id(tenant)
+    set_id = new_ulid()
+    final = set_dir(state_dir, tenant, set_id)
+    temp = final.parent / f"{MOVING}{set_id}"  # holds received files: never deleted
+    raw = temp / RAW
+    raw.mkdir(parents=True)
+    for p in files:
+        os.replace(p, raw / p.name)
+    sha = digest([raw / p.name for p in files], raw)
+    os.replace(temp, final)
+    _fsync(final.parent)
+    return set_id, final, sha
+
+
+def orphan_sets(state_dir: Path, known: set[str]) -> list[tuple[str, str, Path]]:
+    """Set folders the database does not know (a crash between claim and record).
+
+    Half-made copies are removed (their source still exists); half-made moves are
+    completed as sets of their own, since they hold the only copy of what arrived.
+    """
+    found = []
+    root = state_dir / SETS
+    if not root.is_dir():
+        return found
+    for tenant_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in tenant_dir.iterdir() if p.is_dir()):
+            if folder.name.startswith(COPYING):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if folder.name.startswith(MOVING):
+                target = folder.with_name(folder.name.removeprefix(MOVING))
+                os.replace(folder, target)
+                folder = target
+            if folder.name.startswith(".") or folder.name in known:
+                continue
+            if (folder / RAW).is_dir():
+                found.append((tenant_dir.name, folder.name, folder))
+    return found
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
