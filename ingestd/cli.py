@@ -15,6 +15,7 @@ from pathlib import Path
 from ingestd import __version__
 from ingestd.config import Config, config_path, load_config
 from ingestd.errors import IngestError, UsageError
+from ingestd.events.store import SET_STATUSES, EventStore
 from ingestd.logging import configure_logging
 from ingestd.progress import Progress
 
@@ -49,6 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zip", action="store_true", help="write one zip instead of a folder")
 
     sub.add_parser("check-config", help="validate the configuration and tenant files, then exit")
+
+    p = sub.add_parser("ingest", help="take one set through the whole pipeline")
+    p.add_argument("tenant", help="tenant id (school or district)")
+    p.add_argument("path", type=Path, help="a folder of OneRoster CSV files, or a zip")
+    p.add_argument("--json", action="store_true", help="print the set's summary as JSON")
+
+    p = sub.add_parser("events", help="print change events as JSON lines")
+    p.add_argument("--tenant", metavar="T")
+    p.add_argument("--after", type=int, default=0, metavar="ID", help="events after this id")
+    p.add_argument("--type", dest="type_glob", metavar="GLOB", help="e.g. 'users.*'")
+    p.add_argument("--limit", type=int, metavar="N")
+    p.add_argument("--follow", action="store_true", help="keep printing new events")
+
+    p = sub.add_parser("sets", help="list sets; approve or reject a held set")
+    p.add_argument("--tenant", metavar="T")
+    p.add_argument("--status", choices=SET_STATUSES)
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument("--json", action="store_true")
+    sets_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    for action, text in (("approve", "commit a held set"), ("reject", "drop a held set")):
+        q = sets_sub.add_parser(action, help=text)
+        q.add_argument("set_id")
+
+    p = sub.add_parser("diff", help="what would change if NEW followed OLD (no state)")
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--json", action="store_true", help="print the events it would emit")
     return parser
 
 
@@ -83,6 +111,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(config_path(args.config))
         print(f"{config.path}: ok ({len(config.tenants)} tenants)")
         return EXIT_OK
+    if args.command == "ingest":
+        return _ingest(args)
+    if args.command == "events":
+        return _events(args)
+    if args.command == "sets":
+        return _sets(args)
+    if args.command == "diff":
+        return _diff(args)
     raise UsageError(f"unknown command {args.command!r}")
 
 
@@ -124,4 +160,112 @@ def _sample(args: argparse.Namespace) -> int:
     progress.done()
     rows = ", ".join(f"{n} {entity}" for entity, n in summary.rows.items())
     print(f"wrote {summary.path} ({summary.bytes_written} bytes): {rows}")
+    return EXIT_OK
+
+
+def _pipeline(config: Config):
+    from ingestd.pipeline.ingest import Pipeline, tenant_policy
+
+    state_dir = config.daemon.state_dir
+    store = EventStore.open(state_dir)
+    return Pipeline(state_dir, store, lambda tenant: tenant_policy(config, tenant))
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import json
+
+    from ingestd.config import validate_tenant_id
+    from ingestd.pipeline.ingest import summary_text
+
+    config = _config(args)
+    try:
+        validate_tenant_id(args.tenant)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.path.exists():
+        raise UsageError(f"{args.path}: no such file or directory")
+    pipeline = _pipeline(config)
+    with pipeline.store:
+        for outcome in pipeline.recover():  # sets a crash left half-done come first
+            print(summary_text(outcome), file=sys.stderr)
+        outcome = pipeline.ingest_path(args.tenant, args.path)
+    print(json.dumps(outcome.summary, indent=2) if args.json else summary_text(outcome))
+    return outcome.exit_code
+
+
+def _events(args: argparse.Namespace) -> int:
+    from ingestd.events.feed import events
+
+    config = _config(args)
+    with EventStore.open(config.daemon.state_dir) as store:
+        try:
+            for line in events(
+                store,
+                after=args.after,
+                tenant=args.tenant,
+                type_glob=args.type_glob,
+                limit=args.limit,
+                follow=args.follow,
+            ):
+                sys.stdout.write(line + "\n")
+                if args.follow:
+                    sys.stdout.flush()
+        except BrokenPipeError:  # `ingestd events | head`
+            sys.stderr.close()
+    return EXIT_OK
+
+
+def _sets(args: argparse.Namespace) -> int:
+    import json
+
+    from ingestd.pipeline.ingest import summary_text
+
+    config = _config(args)
+    if args.action in ("approve", "reject"):
+        pipeline = _pipeline(config)
+        with pipeline.store:
+            action = pipeline.approve if args.action == "approve" else pipeline.reject
+            outcome = action(args.set_id)
+        print(summary_text(outcome))
+        return outcome.exit_code
+    with EventStore.open(config.daemon.state_dir) as store:
+        rows = store.list_sets(args.tenant, args.status, args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: getattr(row, k) for k in row.__slots__}))
+        return EXIT_OK
+    print(f"{'SET':<26}  {'TENANT':<20} {'STATUS':<10} {'RECEIVED':<24} CHANGES")
+    for row in rows:
+        counts = (row.summary or {}).get("counts") or {}
+        changes = sum(c["created"] + c["updated"] + c["deleted"] for c in counts.values())
+        print(f"{row.id:<26}  {row.tenant:<20} {row.status:<10} {row.received:<24} {changes}")
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from ingestd.pipeline.compare import compare_sets
+    from ingestd.pipeline.ingest import tenant_policy
+
+    config = _config(args)
+    for path in (args.old, args.new):
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or directory")
+    comparison = compare_sets(args.old, args.new, tenant_policy(config, ""))
+    if not comparison.ok:
+        for name, result in (("OLD", comparison.old), ("NEW", comparison.new)):
+            if not result.accepted:
+                print(f"{name} is not a valid set:\n{result.report.to_text()}", file=sys.stderr)
+        return EXIT_REJECTED
+    if args.json:
+        for batch in comparison.events():
+            for data in batch.data:
+                sys.stdout.write(f'{{"type":"{batch.type}","data":{data}}}\n')
+        return EXIT_OK
+    print(f"{'ENTITY':<17} {'OLD':>9} {'NEW':>9} {'CREATED':>8} {'UPDATED':>8} {'DELETED':>8}")
+    for entity, d in comparison.diffs.items():
+        c = d.counts
+        print(
+            f"{entity:<17} {c['prior_rows']:>9} {c['rows']:>9} {c['created']:>8} "
+            f"{c['updated']:>8} {c['deleted']:>8}"
+        )
     return EXIT_OK
