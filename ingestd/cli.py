@@ -258,7 +258,7 @@ def _diff(args: argparse.Namespace) -> int:
         return EXIT_REJECTED
     if args.json:
         for batch in comparison.events():
-            for data in batch.data:
+            for data in batch.frame().select(batch.expression()).to_series():
                 sys.stdout.write(f'{{"type":"{batch.type}","data":{data}}}\n')
         return EXIT_OK
     print(f"{'ENTITY':<17} {'OLD':>9} {'NEW':>9} {'CREATED':>8} {'UPDATED':>8} {'DELETED':>8}")

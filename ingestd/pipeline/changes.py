@@ -29,14 +29,14 @@ def record_events(diffs: dict[str, EntityDiff]) -> list[EventBatch]:
             continue
         cols = columns_of(entity, d.state)
         if d.created.height:
-            batches.append(EventBatch(f"{entity}.created", _data(d.created, cols)))
+            batches.append(_batch(f"{entity}.created", d.created, cols))
         if d.updated.height:
-            batches.append(EventBatch(f"{entity}.updated", _data(d.updated, cols, previous=True)))
+            batches.append(_batch(f"{entity}.updated", d.updated, cols, previous=True))
     for entity in reversed(spec.ENTITY_NAMES):
         d = diffs.get(entity)
         if d is not None and d.deleted.height:
             cols = columns_of(entity, d.deleted)
-            batches.append(EventBatch(f"{entity}.deleted", _data(d.deleted, cols)))
+            batches.append(_batch(f"{entity}.deleted", d.deleted, cols))
     return batches
 
 
@@ -45,11 +45,14 @@ def set_event(kind: str, summary: dict) -> EventBatch:
     return EventBatch(f"sets.{kind}", [json.dumps(summary, ensure_ascii=False)])
 
 
-def _data(frame: pl.DataFrame, cols: Iterable[str], *, previous: bool = False) -> pl.Series:
+def _batch(
+    type_: str, frame: pl.DataFrame, cols: Iterable[str], *, previous: bool = False
+) -> EventBatch:
+    """The rows of `frame` as events; the store renders the JSON chunk by chunk."""
     cols = [c for c in cols if c in frame.columns]
     obj = pl.struct(*(pl.col(c).fill_null("") for c in cols)).struct.json_encode()
     parts = [pl.lit('{"object":'), obj]
     if previous:
         parts += [pl.lit(',"previous_attributes":'), pl.col(PREVIOUS)]
     parts.append(pl.lit("}"))
-    return frame.select(pl.concat_str(parts).alias("data")).to_series()
+    return EventBatch(type_, frame, pl.concat_str(parts))

@@ -90,54 +90,76 @@ def diff_entity(
             key = natural
         else:
             notes.append("natural key not unique; matched on sourcedId")
-    doomed = new.filter(pl.col("status") == "tobedeleted")
     live = new.filter(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
-    kept = 0
-    if mode == "delta":
-        untouched = old.join(new.select(key), on=key, how="anti")
-        state = pl.concat([untouched, live])
-    else:
-        state = live
-        if keep_ids:
-            carried = old.filter(pl.col("sourcedId").is_in(pl.Series(keep_ids).implode())).join(
-                new.select(key), on=key, how="anti"
-            )
-            kept = carried.height
-            state = pl.concat([live, carried])
-    deleted = old.join(state.select(key), on=key, how="anti")
-    if mode == "delta":
-        deleted = deleted.join(doomed.select(key), on=key, how="semi")
-    created = live.join(old.select(key), on=key, how="anti")
-    updated = _updated(live, old, key, cols, options)
-    order = key
-    return EntityDiff(
-        entity=entity,
-        state=state.sort(order),
-        created=created.sort(order),
-        updated=updated.sort(order),
-        deleted=deleted.sort(order),
-        prior_rows=prior,
-        kept_rows=kept,
-        notes=notes,
+    doomed_keys = new.filter(pl.col("status") == "tobedeleted").select(key)
+    compared = _compared(cols, key, options)
+    if old.is_empty():  # a first set: everything is new, nothing to match
+        empty = old.clear()
+        return EntityDiff(
+            entity, live, live, empty.with_columns(_no_previous()), empty, prior, notes=notes
+        )
+    # One join on the key, carrying row positions and a 64-bit fingerprint of the compared
+    # values: a million unchanged rows cost a hash each, and only rows whose fingerprint
+    # moved are compared value by value (a collision could hide one update: 2^-64 a row).
+    fingerprint = pl.struct(*(_raw(c) for c in compared)).hash().alias("__h")
+    matched = live.select(
+        *key, fingerprint, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i")
+    ).join(
+        old.select(*key, fingerprint, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__j")),
+        on=key,
+        how="full",
+        coalesce=True,
+        suffix="_old",
     )
+    created = live[_positions(matched.filter(pl.col("__j").is_null()), "__i")]
+    gone = old[_positions(matched.filter(pl.col("__i").is_null()), "__j")]
+    pairs = matched.filter(
+        pl.col("__i").is_not_null()
+        & pl.col("__j").is_not_null()
+        & (pl.col("__h") != pl.col("__h_old"))
+    ).sort("__i")
+    kept = 0
+    if mode == "delta":  # only what the file names changes
+        deleted = gone.join(doomed_keys, on=key, how="semi", maintain_order="left")
+        untouched = gone.join(doomed_keys, on=key, how="anti", maintain_order="left")
+        state = pl.concat([live, untouched])
+    else:
+        deleted = gone
+        state = live
+        if keep_ids:  # invalid rows keep their last good version: no delete
+            carried = gone.filter(pl.col("sourcedId").is_in(pl.Series(keep_ids).implode()))
+            kept = carried.height
+            deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
+            state = pl.concat([live, carried])
+    updated = _updated(live[pairs["__i"]], old[pairs["__j"]], cols, compared)
+    return EntityDiff(entity, state, created, updated, deleted, prior, kept, notes)
 
 
-def _updated(
-    live: pl.DataFrame, old: pl.DataFrame, key: list[str], cols: list[str], options: DiffOptions
-) -> pl.DataFrame:
-    """Rows present before and now whose compared values differ, with the previous values."""
+def _positions(frame: pl.DataFrame, column: str) -> pl.Series:
+    """Row positions in file order."""
+    return frame[column].sort()
+
+
+def _compared(cols: list[str], key: list[str], options: DiffOptions) -> list[str]:
+    """The columns whose change makes an update."""
     compared = [c for c in cols if c not in key and c not in options.ignore_columns]
     if key != ["sourcedId"] and "sourcedId" in compared:
         compared.remove("sourcedId")  # renumbered daily: not a change worth an event
-    both = live.join(
-        old.select(*key, *(pl.col(c).alias(c + _OLD) for c in compared)), on=key, how="inner"
+    return compared
+
+
+def _updated(
+    now: pl.DataFrame, before: pl.DataFrame, cols: list[str], compared: list[str]
+) -> pl.DataFrame:
+    """Of row pairs (same key, same position in both frames), those whose normalized values
+    differ, as they are now, with the previous values of the changed fields as JSON."""
+    if now.is_empty():
+        return now.with_columns(_no_previous())
+    both = pl.concat(
+        [now, before.select(pl.col(c).alias(c + _OLD) for c in compared)], how="horizontal"
     )
-    if both.is_empty():
-        return live.clear().with_columns(_no_previous())
     changed = {c: ~_norm(pl.col(c), c).eq_missing(_norm(pl.col(c + _OLD), c)) for c in compared}
-    both = both.with_columns(pl.any_horizontal(*changed.values()).alias("__changed")).filter(
-        "__changed"
-    )
+    both = both.filter(pl.any_horizontal(*changed.values()))
     pieces = [
         pl.when(changed[c]).then(
             pl.concat_str([pl.lit(json.dumps(c) + ":"), _json_string(pl.col(c + _OLD))])
@@ -151,8 +173,11 @@ def _updated(
 
 
 def _norm(expr: pl.Expr, column: str) -> pl.Expr:
-    """The comparable form of a value: empty = null, lists as sorted sets, blank status = active."""
-    value = pl.when(expr == "").then(None).otherwise(expr)
+    """The comparable form of a value: lists as sorted sets, blank status = active.
+
+    Tables hold null, never "", for an empty value (the reader reads both as null).
+    """
+    value = expr
     if column == "status":
         return value.fill_null("active")
     kind = _kind(column)
@@ -165,6 +190,11 @@ def _norm(expr: pl.Expr, column: str) -> pl.Expr:
             .list.join(",")
         )
     return value
+
+
+def _raw(column: str) -> pl.Expr:
+    """A column as the fingerprint sees it: as is, but a blank status is `active`."""
+    return pl.col(column).fill_null("active") if column == "status" else pl.col(column)
 
 
 def _json_string(expr: pl.Expr) -> pl.Expr:

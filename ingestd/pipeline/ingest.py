@@ -142,6 +142,12 @@ class Pipeline:
 
     def process(self, set_id: str, *, approved: bool = False) -> SetOutcome:
         """Validate, diff, guard and commit one received (or, approved, held) set."""
+        try:
+            return self._guarded(set_id, approved)
+        finally:
+            self.store.checkpoint()  # outside the commit: see EventStore.checkpoint
+
+    def _guarded(self, set_id: str, approved: bool) -> SetOutcome:
         row = self.store.get_set(set_id)
         if row is None:
             raise UsageError(f"no set {set_id}")

@@ -68,9 +68,9 @@ def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, s
             shutil.copytree(d, raw / d.name)
     else:
         shutil.copy2(source, raw / source.name)
+    # No fsync of the copies: the source stays where it is, and the state that matters
+    # (snapshot, events) is made durable by the commit.
     copied = [p for p in raw.rglob("*") if p.is_file()]
-    for p in copied:
-        _fsync(p)
     sha = digest(copied, raw)
     os.replace(temp, final)
     _fsync(final.parent)

@@ -1,0 +1,418 @@
+"""Crash safety against real processes: `ingestd ingest` SIGKILLed at random moments.
+
+DESIGN.md, "A set's life", step 6: a crash before the commit transaction leaves the
+old snapshot current and the set `received`; the next start processes it again, and
+since events are only inserted in that transaction, none is lost or duplicated. So
+whenever the kill lands, running the same command again (it recovers first) must
+leave exactly the event log of an uninterrupted run.
+
+Each trial: a fresh state dir, `ingestd ingest` started, SIGKILLed after a delay drawn
+uniformly from [0, duration of an uninterrupted run] by random.Random(seed), then the
+same command run to completion. Where the kill landed (read from the files and a
+copy of the database, so the recovery still meets the WAL the kill left) is printed:
+`pytest -s tests/test_crash.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingestd.events.feed import events as feed_events
+from ingestd.events.store import EventStore
+from ingestd.oneroster.sample import generate
+
+STUDENTS = 2000
+SEED = 5
+DAY1_SEEDS = range(20)  # kill delays: random.Random(seed).uniform(0, duration)
+DAY2_SEEDS = range(100, 110)
+TENANT = "t1"
+ENV = {k: v for k, v in os.environ.items() if k != "INGESTD_CONFIG"}
+
+# Where a kill landed, in the order a run passes through them.
+PHASES = (
+    "starting",  # interpreter, imports, recover(): nothing of this set exists yet
+    "copying",  # sets/t1/.copy-<id>/ being filled
+    "claimed",  # sets/t1/<id>/ in place, not yet recorded in the database
+    "validating",  # recorded `received`, no report yet
+    "diffing",  # report written, no snapshot yet
+    "writing snapshot",  # snapshots/t1/.tmp-<id>/
+    "snapshot in place",  # snapshots/t1/<id>/, set still `received` (commit not done)
+    "committed",  # set `accepted`, process not yet exited
+    "finished",  # the process had exited before the kill
+)
+BEFORE_COMMIT = PHASES[: PHASES.index("committed")]
+
+# Fields of sets.* event data that differ between two runs of the same set by nature.
+VOLATILE_SET_FIELDS = ("set_id", "received", "report", "base_set_id")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def command(config: Path, *args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "ingestd", "--config", str(config), *map(str, args)]
+
+
+def run(config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(config, *args),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )
+
+
+def ingest(config: Path, path: Path) -> subprocess.CompletedProcess[str]:
+    done = run(config, "ingest", TENANT, path)
+    assert done.returncode == 0, f"ingest exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done
+
+
+def killed_ingest(config: Path, path: Path, delay: float, log: Path) -> bool:
+    """Start `ingest`, SIGKILL it after `delay` seconds; True when it had already exited."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command(config, "ingest", TENANT, path), stdout=out, stderr=out, env=ENV
+        )
+        try:
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # SIGKILL
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode == 0
+
+
+def write_config(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "ingestd.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{folder / "state"}"\nlog_format = "json"\n', encoding="utf-8"
+    )
+    return config
+
+
+def state_of(config: Path) -> Path:
+    return config.parent / "state"
+
+
+# --- reading the outcome -----------------------------------------------------------------------
+
+
+def dump_events(state: Path) -> list[str]:
+    """The lines `ingestd events` prints (the same function, in this process)."""
+    with EventStore.open(state) as store:
+        return list(feed_events(store))
+
+
+def dump_sets(state: Path) -> list[dict[str, Any]]:
+    """What `ingestd sets --json` prints (the same query, in this process)."""
+    with EventStore.open(state) as store:
+        return [{k: getattr(r, k) for k in r.__slots__} for r in store.list_sets()]
+
+
+def cli_dumps(config: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """`ingestd events` and `ingestd sets --json` as real processes."""
+    events = run(config, "events")
+    assert events.returncode == 0, events.stderr
+    sets = run(config, "sets", "--json")
+    assert sets.returncode == 0, sets.stderr
+    return events.stdout.splitlines(), [json.loads(line) for line in sets.stdout.splitlines()]
+
+
+def normalize(line: str) -> dict[str, Any]:
+    """An event without what legitimately differs between two runs of the same sets."""
+    event = json.loads(line)
+    del event["created"], event["set_id"]
+    if event["type"].startswith("sets."):
+        data = event["data"]
+        for key in VOLATILE_SET_FIELDS:
+            data.pop(key, None)
+        # "recovered" when the kill fell between claiming the folder and recording it
+        assert data.pop("source") in ("cli", "recovered"), data
+    return event
+
+
+def assert_same_log(got: list[str], reference: list[str], what: str) -> None:
+    mine = [normalize(line) for line in got]
+    theirs = [normalize(line) for line in reference]
+    if mine == theirs:
+        return
+    first = next(
+        (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+        min(len(mine), len(theirs)),
+    )
+    pytest.fail(
+        f"{what}: {len(mine)} events, reference {len(theirs)}; first difference at #{first}:\n"
+        f"  got       {mine[first] if first < len(mine) else None}\n"
+        f"  reference {theirs[first] if first < len(theirs) else None}"
+    )
+
+
+def check_log(lines: list[str], accepted_sets: list[str], what: str) -> None:
+    """Ids 1..N without a gap; one sets.accepted per accepted set, each set's events together."""
+    events = [json.loads(line) for line in lines]
+    ids = [e["id"] for e in events]
+    assert ids == list(range(1, len(ids) + 1)), f"{what}: ids are not 1..{len(ids)}"
+    accepted = [e for e in events if e["type"] == "sets.accepted"]
+    assert [e["set_id"] for e in accepted] == accepted_sets, what
+    assert {e["set_id"] for e in events} == set(accepted_sets), what
+    assert {e["tenant"] for e in events} == {TENANT}, what
+    for e in accepted:
+        assert e["data"]["set_id"] == e["set_id"] and e["data"]["status"] == "accepted", what
+
+
+def check_sets(
+    sets: list[dict[str, Any]], log: list[str], accepted_before: int, what: str
+) -> list[str]:
+    """One accepted set per ingest, at most one `duplicate` (the re-run of a set a crash left)."""
+    statuses = Counter(s["status"] for s in sets)
+    accepted = sorted(s["id"] for s in sets if s["status"] == "accepted")
+    assert statuses["accepted"] == accepted_before + 1, (what, statuses)
+    assert statuses["duplicate"] <= 1, (what, statuses)
+    assert set(statuses) <= {"accepted", "duplicate"}, (what, statuses)
+    for s in sets:
+        if s["status"] == "duplicate":
+            assert s["base_set_id"] == accepted[-1], what
+    check_log(log, accepted, what)
+    return accepted
+
+
+# --- where the kill landed ---------------------------------------------------------------------
+
+
+def set_statuses(state: Path, scratch: Path) -> dict[str, str]:
+    """Set id -> status, read from a copy of the database so that the original is untouched."""
+    if not (state / "ingestd.db").exists():
+        return {}
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name in ("ingestd.db", "ingestd.db-wal"):
+        if (state / name).exists():
+            shutil.copyfile(state / name, scratch / name)
+    db = sqlite3.connect(scratch / "ingestd.db")
+    try:
+        return dict(db.execute("SELECT id, status FROM sets").fetchall())
+    except sqlite3.OperationalError:  # killed before the schema was made
+        return {}
+    finally:
+        db.close()
+        shutil.rmtree(scratch)
+
+
+def landed(state: Path, known: set[str], exited: bool, scratch: Path) -> str:
+    if exited:
+        return "finished"
+    statuses = {k: v for k, v in set_statuses(state, scratch).items() if k not in known}
+    if "accepted" in statuses.values():
+        return "committed"
+    folder = state / "sets" / TENANT
+    new = [p for p in folder.iterdir() if p.name not in known] if folder.is_dir() else []
+    if not new:
+        return "starting"
+    whole = [p for p in new if not p.name.startswith(".")]
+    if not whole:
+        return "copying"
+    (set_dir,) = whole
+    if set_dir.name not in statuses:
+        return "claimed"
+    if not (set_dir / "report.json").exists():
+        return "validating"
+    snapshots = state / "snapshots" / TENANT
+    if (snapshots / set_dir.name).exists():
+        return "snapshot in place"
+    if (snapshots / f".tmp-{set_dir.name}").exists():
+        return "writing snapshot"
+    return "diffing"
+
+
+@dataclass
+class Trial:
+    seed: int
+    delay: float
+    phase: str = "?"
+    error: str | None = None
+
+
+def report(title: str, duration: float, trials: list[Trial], elapsed: float) -> None:
+    phases = Counter(t.phase for t in trials)
+    before = sum(phases[p] for p in BEFORE_COMMIT)
+    print(
+        f"\n{title}: uninterrupted ingest {duration:.2f} s; {len(trials)} trials in {elapsed:.1f} s"
+    )
+    print(f"  killed before the commit: {before}, after it: {len(trials) - before}")
+    for phase in PHASES:
+        if phases[phase]:
+            delays = ", ".join(f"{t.delay:.2f}" for t in trials if t.phase == phase)
+            print(f"  {phase:<18} {phases[phase]:>3}   delays {delays}")
+    for t in trials:
+        if t.error:
+            print(f"  FAILED seed {t.seed} (delay {t.delay:.2f} s, {t.phase}): {t.error}")
+
+
+def run_trials(
+    tmp_path: Path,
+    name: str,
+    seeds: range,
+    duration: float,
+    set_path: Path,
+    reference: list[str],
+    accepted_before: int,
+    base_state: Path | None,
+) -> list[Trial]:
+    out = []
+    for seed in seeds:
+        trial = Trial(seed, random.Random(seed).uniform(0, duration))
+        out.append(trial)
+        folder = tmp_path / f"{name}-{seed}"
+        config = write_config(folder)
+        state = state_of(config)
+        known: set[str] = set()
+        if base_state is not None:
+            shutil.copytree(base_state, state)
+            known = {p.name for p in (state / "sets" / TENANT).iterdir()}
+        try:
+            exited = killed_ingest(config, set_path, trial.delay, folder / "killed.log")
+            trial.phase = landed(state, known, exited, folder / "scratch")
+            ingest(config, set_path)
+            log = dump_events(state)
+            what = f"seed {seed} ({trial.phase})"
+            check_sets(dump_sets(state), log, accepted_before, what)
+            assert_same_log(log, reference, what)
+        except (AssertionError, pytest.fail.Exception) as exc:
+            trial.error = str(exc).strip().splitlines()[0][:500]
+    return out
+
+
+# --- the sets --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def district(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, tuple]]:
+    """Day 1 (generated) and day 2 (some updates, creates and deletes), with day 2's
+    expected (created, updated, deleted) per changed entity."""
+    root = tmp_path_factory.mktemp("district")
+    day1, day2 = root / "day1", root / "day2"
+    generate(day1, students=STUDENTS, seed=SEED)
+    shutil.copytree(day1, day2)
+    expected: dict[str, tuple[int, int, int]] = {}
+
+    def edit(name: str, change: Any) -> None:
+        path = day2 / name
+        with path.open(encoding="utf-8", newline="") as f:
+            header, *rows = list(csv.reader(f))
+        rows = change({c: i for i, c in enumerate(header)}, rows)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([header, *rows])
+
+    def users(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
+        students = [r for r in rows if r[col["role"]] == "student"]
+        for r in students[::50]:
+            r[col["email"]] = r[col["email"]].replace("@", ".day2@")
+        for i, r in enumerate(students[:3]):
+            new = list(r)
+            new[col["sourcedId"]] = f"day2-new-{i}"
+            new[col["username"]] = f"day2.new.{i}"
+            new[col["identifier"]] = f"99990{i}"
+            new[col["email"]] = f"day2.new.{i}@example.org"
+            rows.append(new)
+        expected["users"] = (3, len(students[::50]), 0)
+        return rows
+
+    def classes(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
+        for r in rows[::80]:
+            r[col["title"]] += " (moved)"
+        expected["classes"] = (0, len(rows[::80]), 0)
+        return rows
+
+    def enrollments(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
+        kept = [r for i, r in enumerate(rows) if i % 600 != 17]
+        expected["enrollments"] = (0, 0, len(rows) - len(kept))
+        return kept
+
+    edit("users.csv", users)
+    edit("classes.csv", classes)
+    edit("enrollments.csv", enrollments)
+    return day1, day2, expected
+
+
+# --- the scenarios ---------------------------------------------------------------------------
+
+
+def test_kill_during_the_first_set_then_recover(
+    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]]
+) -> None:
+    day1, _, _ = district
+    config = write_config(tmp_path / "reference")
+    started = time.monotonic()
+    ingest(config, day1)
+    duration = time.monotonic() - started
+    reference, sets = cli_dumps(config)
+    assert reference == dump_events(state_of(config))  # the in-process dump is `ingestd events`
+    assert sets == dump_sets(state_of(config))
+    check_sets(sets, reference, 0, "reference")
+    assert len(reference) > 20_000
+
+    began = time.monotonic()
+    trials = run_trials(tmp_path, "day1", DAY1_SEEDS, duration, day1, reference, 0, None)
+    report("day 1", duration, trials, time.monotonic() - began)
+    failed = [t for t in trials if t.error]
+    assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)
+
+
+def test_kill_during_a_later_set_then_recover(
+    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]]
+) -> None:
+    day1, day2, expected = district
+    base = write_config(tmp_path / "day1-state")
+    ingest(base, day1)
+    day1_log = dump_events(state_of(base))
+
+    config = write_config(tmp_path / "reference")
+    shutil.copytree(state_of(base), state_of(config))
+    started = time.monotonic()
+    ingest(config, day2)
+    duration = time.monotonic() - started
+    reference, sets = cli_dumps(config)
+    assert reference == dump_events(state_of(config))
+    assert reference[: len(day1_log)] == day1_log
+    check_sets(sets, reference, 1, "reference")
+    counts = json.loads(reference[-1])["data"]["counts"]
+    assert {
+        entity: (c["created"], c["updated"], c["deleted"])
+        for entity, c in counts.items()
+        if c["created"] or c["updated"] or c["deleted"]
+    } == expected
+    day2_types = Counter(json.loads(line)["type"] for line in reference[len(day1_log) :])
+    assert set(day2_types) == {
+        "users.created",
+        "users.updated",
+        "classes.updated",
+        "enrollments.deleted",
+        "sets.accepted",
+    }
+
+    began = time.monotonic()
+    trials = run_trials(tmp_path, "day2", DAY2_SEEDS, duration, day2, reference, 1, state_of(base))
+    report("day 2", duration, trials, time.monotonic() - began)
+    failed = [t for t in trials if t.error]
+    assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)
