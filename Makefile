@@ -36,6 +36,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
