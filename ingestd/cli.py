@@ -224,10 +224,14 @@ def _sets(args: argparse.Namespace) -> int:
     if args.action in ("approve", "reject"):
         pipeline = _pipeline(config)
         with pipeline.store:
-            action = pipeline.approve if args.action == "approve" else pipeline.reject
-            outcome = action(args.set_id)
+            if args.action == "approve":
+                outcome = pipeline.approve(args.set_id)
+            else:
+                outcome = pipeline.reject(args.set_id)
         print(summary_text(outcome))
-        return outcome.exit_code
+        # Rejecting is the operator's decision carried out: success. Approving reports
+        # the outcome of the commit (a set can still fail, e.g. on a bug: exit 1).
+        return EXIT_OK if args.action == "reject" else outcome.exit_code
     with EventStore.open(config.daemon.state_dir) as store:
         rows = store.list_sets(args.tenant, args.status, args.limit)
     if args.json:

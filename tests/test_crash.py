@@ -19,13 +19,16 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from ingestd.events.feed import events as feed_events
 from ingestd.events.store import EventStore
 from ingestd.oneroster.sample import generate
 
-STUDENTS = 2000
+STUDENTS = 1500  # an ingest of ~1.3 s, 30 trials in ~80 s on 2 busy cores
 SEED = 5
 DAY1_SEEDS = range(20)  # kill delays: random.Random(seed).uniform(0, duration)
 DAY2_SEEDS = range(100, 110)
@@ -50,11 +53,16 @@ PHASES = (
     "validating",  # recorded `received`, no report yet
     "diffing",  # report written, no snapshot yet
     "writing snapshot",  # snapshots/t1/.tmp-<id>/
-    "snapshot in place",  # snapshots/t1/<id>/, set still `received` (commit not done)
+    "snapshot in place",  # snapshots/t1/<id>/, set still `received`, commit not begun
+    "committing",  # ... and the WAL holds the commit's uncommitted pages
     "committed",  # set `accepted`, process not yet exited
     "finished",  # the process had exited before the kill
 )
 BEFORE_COMMIT = PHASES[: PHASES.index("committed")]
+
+# A WAL this big while the set is still `received` means the kill fell inside the commit
+# transaction (its pages spill to the WAL before COMMIT); recording the set takes a few pages.
+COMMIT_WAL_BYTES = 512 * 1024
 
 # Fields of sets.* event data that differ between two runs of the same set by nature.
 VOLATILE_SET_FIELDS = ("set_id", "received", "report", "base_set_id")
@@ -100,7 +108,10 @@ def killed_ingest(config: Path, path: Path, delay: float, log: Path) -> bool:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return proc.returncode == 0
+    if proc.returncode == -signal.SIGKILL:
+        return False
+    assert proc.returncode == 0, f"exited {proc.returncode}: {log.read_text(errors='replace')}"
+    return True
 
 
 def write_config(folder: Path) -> Path:
@@ -140,22 +151,64 @@ def cli_dumps(config: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return events.stdout.splitlines(), [json.loads(line) for line in sets.stdout.splitlines()]
 
 
-def normalize(line: str) -> dict[str, Any]:
+# `ingestd events` lines (feed.event_json): record events are compared by their data's text.
+_LINE = re.compile(
+    r'\{"id":(\d+),"type":"([^"]+)","created":"[^"]*","tenant":"([^"]*)",'
+    r'"set_id":(?:"([^"]*)"|null),"data":(.*)\}'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    type: str
+    tenant: str
+    set_id: str | None
+    data: Any  # a record event's data as JSON text; a set event's data parsed, volatile fields out
+
+    @property
+    def key(self) -> tuple[int, str, str, Any]:
+        """What two runs of the same sets must agree on."""
+        return self.id, self.type, self.tenant, self.data
+
+
+def parse(line: str) -> Event:
     """An event without what legitimately differs between two runs of the same sets."""
+    match = _LINE.fullmatch(line)
+    if match and not match[2].startswith("sets."):
+        return Event(int(match[1]), match[2], match[3], match[4], match[5])
     event = json.loads(line)
-    del event["created"], event["set_id"]
+    data = event["data"]
     if event["type"].startswith("sets."):
-        data = event["data"]
-        for key in VOLATILE_SET_FIELDS:
-            data.pop(key, None)
+        assert data.get("set_id") == event["set_id"], line
+        data = {k: v for k, v in data.items() if k not in VOLATILE_SET_FIELDS}
         # "recovered" when the kill fell between claiming the folder and recording it
-        assert data.pop("source") in ("cli", "recovered"), data
-    return event
+        assert data.pop("source") in ("cli", "recovered"), line
+    return Event(event["id"], event["type"], event["tenant"], event["set_id"], data)
 
 
-def assert_same_log(got: list[str], reference: list[str], what: str) -> None:
-    mine = [normalize(line) for line in got]
-    theirs = [normalize(line) for line in reference]
+def parse_log(lines: list[str]) -> list[Event]:
+    return [parse(line) for line in lines]
+
+
+def reference_log(lines: list[str]) -> list[Event]:
+    """The parsed reference, checked against a full JSON parse of every line."""
+    events = parse_log(lines)
+    for line, event in zip(lines, events, strict=True):
+        full = json.loads(line)
+        assert (full["id"], full["type"], full["tenant"], full["set_id"]) == (
+            event.id,
+            event.type,
+            event.tenant,
+            event.set_id,
+        )
+        if isinstance(event.data, str):
+            assert json.loads(event.data) == full["data"]
+    return events
+
+
+def assert_same_log(got: list[Event], reference: list[Event], what: str) -> None:
+    mine, theirs = [e.key for e in got], [e.key for e in reference]
     if mine == theirs:
         return
     first = next(
@@ -169,22 +222,21 @@ def assert_same_log(got: list[str], reference: list[str], what: str) -> None:
     )
 
 
-def check_log(lines: list[str], accepted_sets: list[str], what: str) -> None:
-    """Ids 1..N without a gap; one sets.accepted per accepted set, each set's events together."""
-    events = [json.loads(line) for line in lines]
-    ids = [e["id"] for e in events]
-    assert ids == list(range(1, len(ids) + 1)), f"{what}: ids are not 1..{len(ids)}"
-    accepted = [e for e in events if e["type"] == "sets.accepted"]
-    assert [e["set_id"] for e in accepted] == accepted_sets, what
-    assert {e["set_id"] for e in events} == set(accepted_sets), what
-    assert {e["tenant"] for e in events} == {TENANT}, what
-    for e in accepted:
-        assert e["data"]["set_id"] == e["set_id"] and e["data"]["status"] == "accepted", what
+def check_log(events: list[Event], accepted_sets: list[str], what: str) -> None:
+    """Ids 1..N without a gap; each accepted set's events together, ending in sets.accepted."""
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), f"{what}: ids not 1..N"
+    assert {e.tenant for e in events} == {TENANT}, what
+    groups = [(k, [e.type for e in g]) for k, g in groupby(events, key=lambda e: e.set_id)]
+    assert [k for k, _ in groups] == accepted_sets, f"{what}: sets' events interleaved or missing"
+    for set_id, types in groups:
+        assert types[-1] == "sets.accepted", (what, set_id)
+        assert types.count("sets.accepted") == 1, (what, set_id)
+        assert not any(t.startswith("sets.") for t in types[:-1]), (what, set_id)
 
 
 def check_sets(
-    sets: list[dict[str, Any]], log: list[str], accepted_before: int, what: str
-) -> list[str]:
+    sets: list[dict[str, Any]], log: list[Event], accepted_before: int, what: str
+) -> None:
     """One accepted set per ingest, at most one `duplicate` (the re-run of a set a crash left)."""
     statuses = Counter(s["status"] for s in sets)
     accepted = sorted(s["id"] for s in sets if s["status"] == "accepted")
@@ -195,7 +247,6 @@ def check_sets(
         if s["status"] == "duplicate":
             assert s["base_set_id"] == accepted[-1], what
     check_log(log, accepted, what)
-    return accepted
 
 
 # --- where the kill landed ---------------------------------------------------------------------
@@ -239,7 +290,9 @@ def landed(state: Path, known: set[str], exited: bool, scratch: Path) -> str:
         return "validating"
     snapshots = state / "snapshots" / TENANT
     if (snapshots / set_dir.name).exists():
-        return "snapshot in place"
+        wal = state / "ingestd.db-wal"
+        big = wal.exists() and wal.stat().st_size > COMMIT_WAL_BYTES
+        return "committing" if big else "snapshot in place"
     if (snapshots / f".tmp-{set_dir.name}").exists():
         return "writing snapshot"
     return "diffing"
@@ -275,7 +328,7 @@ def run_trials(
     seeds: range,
     duration: float,
     set_path: Path,
-    reference: list[str],
+    reference: list[Event],
     accepted_before: int,
     base_state: Path | None,
 ) -> list[Trial]:
@@ -294,12 +347,15 @@ def run_trials(
             exited = killed_ingest(config, set_path, trial.delay, folder / "killed.log")
             trial.phase = landed(state, known, exited, folder / "scratch")
             ingest(config, set_path)
-            log = dump_events(state)
+            log = parse_log(dump_events(state))
             what = f"seed {seed} ({trial.phase})"
             check_sets(dump_sets(state), log, accepted_before, what)
             assert_same_log(log, reference, what)
         except (AssertionError, pytest.fail.Exception) as exc:
-            trial.error = str(exc).strip().splitlines()[0][:500]
+            lines = str(exc).strip().splitlines()
+            trial.error = " | ".join(lines[:1] + lines[-4:] if len(lines) > 5 else lines)[:1500]
+        else:
+            shutil.rmtree(folder)  # ~25 MB each; a failed trial's folder is kept to look at
     return out
 
 
@@ -326,7 +382,7 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
 
     def users(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
         students = [r for r in rows if r[col["role"]] == "student"]
-        for r in students[::50]:
+        for r in students[::2]:
             r[col["email"]] = r[col["email"]].replace("@", ".day2@")
         for i, r in enumerate(students[:3]):
             new = list(r)
@@ -335,7 +391,7 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
             new[col["identifier"]] = f"99990{i}"
             new[col["email"]] = f"day2.new.{i}@example.org"
             rows.append(new)
-        expected["users"] = (3, len(students[::50]), 0)
+        expected["users"] = (3, len(students[::2]), 0)
         return rows
 
     def classes(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
@@ -345,8 +401,11 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
         return rows
 
     def enrollments(col: dict[str, int], rows: list[list[str]]) -> list[list[str]]:
-        kept = [r for i, r in enumerate(rows) if i % 600 != 17]
-        expected["enrollments"] = (0, 0, len(rows) - len(kept))
+        # half of them end a week later, one in 20 is gone: a set with a sizeable commit
+        kept = [r for i, r in enumerate(rows) if i % 20 != 7]
+        for r in kept[::2]:
+            r[col["endDate"]] = "2027-06-11"
+        expected["enrollments"] = (0, len(kept[::2]), len(rows) - len(kept))
         return kept
 
     edit("users.csv", users)
@@ -358,61 +417,78 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
 # --- the scenarios ---------------------------------------------------------------------------
 
 
-def test_kill_during_the_first_set_then_recover(
-    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]]
-) -> None:
-    day1, _, _ = district
-    config = write_config(tmp_path / "reference")
-    started = time.monotonic()
-    ingest(config, day1)
-    duration = time.monotonic() - started
-    reference, sets = cli_dumps(config)
-    assert reference == dump_events(state_of(config))  # the in-process dump is `ingestd events`
-    assert sets == dump_sets(state_of(config))
-    check_sets(sets, reference, 0, "reference")
-    assert len(reference) > 20_000
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted run: its state dir, how long `ingest` took, and its event log."""
 
+    state: Path
+    duration: float
+    lines: list[str]
+    events: list[Event]
+
+
+@pytest.fixture(scope="module")
+def day1_reference(
+    tmp_path_factory: pytest.TempPathFactory, district: tuple[Path, Path, dict[str, tuple]]
+) -> Reference:
+    """Day 1 ingested without interruption into a fresh state dir, read with the real CLI."""
+    config = write_config(tmp_path_factory.mktemp("reference1"))
+    started = time.monotonic()
+    ingest(config, district[0])
+    duration = time.monotonic() - started
+    lines, sets = cli_dumps(config)
+    assert lines == dump_events(state_of(config))  # the in-process dump is `ingestd events`
+    assert sets == dump_sets(state_of(config))  # ... and `ingestd sets --json`
+    events = reference_log(lines)
+    check_sets(sets, events, 0, "reference")
+    assert len(events) > 20_000
+    return Reference(state_of(config), duration, lines, events)
+
+
+def test_kill_during_the_first_set_then_recover(
+    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]], day1_reference: Reference
+) -> None:
+    ref = day1_reference
     began = time.monotonic()
-    trials = run_trials(tmp_path, "day1", DAY1_SEEDS, duration, day1, reference, 0, None)
-    report("day 1", duration, trials, time.monotonic() - began)
+    trials = run_trials(
+        tmp_path, "day1", DAY1_SEEDS, ref.duration, district[0], ref.events, 0, None
+    )
+    report("day 1", ref.duration, trials, time.monotonic() - began)
     failed = [t for t in trials if t.error]
     assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)
 
 
 def test_kill_during_a_later_set_then_recover(
-    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]]
+    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]], day1_reference: Reference
 ) -> None:
-    day1, day2, expected = district
-    base = write_config(tmp_path / "day1-state")
-    ingest(base, day1)
-    day1_log = dump_events(state_of(base))
-
+    _, day2, expected = district
     config = write_config(tmp_path / "reference")
-    shutil.copytree(state_of(base), state_of(config))
+    shutil.copytree(day1_reference.state, state_of(config))
     started = time.monotonic()
     ingest(config, day2)
     duration = time.monotonic() - started
-    reference, sets = cli_dumps(config)
-    assert reference == dump_events(state_of(config))
-    assert reference[: len(day1_log)] == day1_log
-    check_sets(sets, reference, 1, "reference")
-    counts = json.loads(reference[-1])["data"]["counts"]
+    lines = dump_events(state_of(config))
+    assert lines[: len(day1_reference.lines)] == day1_reference.lines
+    reference = reference_log(lines)
+    check_sets(dump_sets(state_of(config)), reference, 1, "reference")
+    counts = json.loads(lines[-1])["data"]["counts"]
     assert {
         entity: (c["created"], c["updated"], c["deleted"])
         for entity, c in counts.items()
         if c["created"] or c["updated"] or c["deleted"]
     } == expected
-    day2_types = Counter(json.loads(line)["type"] for line in reference[len(day1_log) :])
-    assert set(day2_types) == {
-        "users.created",
-        "users.updated",
-        "classes.updated",
-        "enrollments.deleted",
-        "sets.accepted",
-    }
+    day2_types = Counter(e.type for e in reference[len(day1_reference.lines) :])
+    assert day2_types == {
+        f"{entity}.{kind}": n
+        for entity, counts in expected.items()
+        for kind, n in zip(("created", "updated", "deleted"), counts, strict=True)
+        if n
+    } | {"sets.accepted": 1}
 
     began = time.monotonic()
-    trials = run_trials(tmp_path, "day2", DAY2_SEEDS, duration, day2, reference, 1, state_of(base))
+    trials = run_trials(
+        tmp_path, "day2", DAY2_SEEDS, duration, day2, reference, 1, day1_reference.state
+    )
     report("day 2", duration, trials, time.monotonic() - began)
     failed = [t for t in trials if t.error]
     assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)

@@ -30,6 +30,7 @@ from ingestd.errors import IngestError
 
 DB_NAME = "ingestd.db"
 SET_STATUSES = ("received", "rejected", "held", "accepted", "duplicate", "superseded")
+ANY_SNAPSHOT = object()  # decide_set: no expectation about the tenant's snapshot
 _CHUNK = 20_000  # events per json_each statement
 _SMALL = 64  # batches up to this size are inserted row by row
 
@@ -85,6 +86,18 @@ class StoreError(IngestError):
 
     code = "store"
     exit_code = 2
+
+
+class AlreadyDecided(StoreError):
+    """The set was decided by another process meanwhile (two recoverers of one set)."""
+
+    code = "already_decided"
+
+
+class StaleBase(StoreError):
+    """Another set of the tenant was accepted since this one was diffed: diff it again."""
+
+    code = "stale_base"
 
 
 def utc_now() -> str:
@@ -274,9 +287,13 @@ class EventStore:
         base_set_id: str | None = None,
         events: Iterable[EventBatch] = (),
         accept: bool = False,
+        from_status: tuple[str, ...] = ("received",),
+        expect_snapshot: str | object | None = ANY_SNAPSHOT,
     ) -> EventRange:
         """In one transaction: insert `events`, record the set's outcome and, when `accept`,
-        point the tenant at this set's snapshot and supersede its older held sets."""
+        point the tenant at this set's snapshot and supersede its older held sets. The set
+        must still be in one of `from_status` (else AlreadyDecided) and, if given, the
+        tenant's snapshot must still be `expect_snapshot` (else StaleBase)."""
         if status not in SET_STATUSES:
             raise ValueError(status)
         row = self.get_set(set_id)
@@ -284,6 +301,16 @@ class EventStore:
             raise StoreError(f"no set {set_id}")
         now = utc_now()
         with self._write():
+            (status_now,) = self.db.execute(
+                "SELECT status FROM sets WHERE id = ?", (set_id,)
+            ).fetchone()
+            if status_now not in from_status:
+                raise AlreadyDecided(f"set {set_id} is already {status_now}")
+            if (
+                expect_snapshot is not ANY_SNAPSHOT
+                and self.snapshot_of(row.tenant) != expect_snapshot
+            ):
+                raise StaleBase(f"the snapshot of {row.tenant} moved while {set_id} was diffed")
             first = self._next_event_id()
             for batch in events:
                 self._insert(batch, row.tenant, set_id, now)

@@ -28,6 +28,7 @@ class RawSet:
     manifest: dict[str, tuple[str, int]] | None = None  # key -> (value, line)
     manifest_name: str | None = None
     other_files: list[str] = field(default_factory=list)  # kept, not part of rostering
+    unreadable: set[str] = field(default_factory=set)  # entities whose file was rejected
 
 
 def read_set(
@@ -100,7 +101,9 @@ def read_set(
             raw.manifest_name = entry.name
             continue
         table = read_table(data, entity, entry.name, report)
-        if table is not None:
+        if table is None:
+            raw.unreadable.add(entity)
+        else:
             raw.tables[entity] = table
             report.files[entry.name] = FileSummary(
                 entity=entity,

@@ -20,8 +20,12 @@ def check_references(
     all_ids: dict[str, pl.DataFrame],
     tables: dict[str, RawTable],
     report: Report,
+    modes: dict[str, str] | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Drop rows whose required references do not resolve; warn on optional ones.
+
+    A delta file names only what changed: what it points to (or what points to it)
+    may live in the tenant's snapshot, so its unresolved references are warnings.
 
     Membership is tested on 64-bit hashes of the ids (a million lookups in tens of
     milliseconds); a hash collision could only hide a dangling reference, with odds
@@ -36,7 +40,8 @@ def check_references(
             continue
         column = spec.ENTITY_BY_NAME[entity].column(ref.column)
         required = column.required or ref.column == "sourcedId"
-        severity = Severity.ERROR if required else Severity.WARNING
+        delta = modes is not None and "delta" in (modes.get(entity), modes.get(ref.target))
+        severity = Severity.ERROR if required and not delta else Severity.WARNING
         if ref.target == entity and drop is not None:
             target = frame.filter(~drop)
         good = (

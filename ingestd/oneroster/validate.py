@@ -91,7 +91,7 @@ def validate_raw(
         dropped_counts[entity] = dropped
     for entity in list(frames):
         progress(f"checking references of {tables[entity].name}")
-        frames[entity], lost = check_references(entity, frames, all_ids, tables, report)
+        frames[entity], lost = check_references(entity, frames, all_ids, tables, report, modes)
         dropped_counts[entity] += lost
     for entity, frame in frames.items():
         table = tables[entity]
@@ -135,7 +135,7 @@ def _modes(raw: RawSet, report: Report, policy: ValidationPolicy) -> dict[str, s
             if entity in present:
                 modes[entity] = "bulk"
             elif entity in policy.required_entities:
-                _missing_file(entity, report, "")
+                _missing_file(entity, report, "", raw)
         return modes
     name = raw.manifest_name
     manifest = raw.manifest
@@ -185,7 +185,9 @@ def _modes(raw: RawSet, report: Report, policy: ValidationPolicy) -> dict[str, s
             if entity in present:
                 modes[entity] = mode
             else:
-                _missing_file(entity, report, f" (manifest.csv line {declared[1]} says {mode})")
+                _missing_file(
+                    entity, report, f" (manifest.csv line {declared[1]} says {mode})", raw
+                )
         elif entity in present:
             if mode == "absent":
                 report.warn(
@@ -206,7 +208,9 @@ def _modes(raw: RawSet, report: Report, policy: ValidationPolicy) -> dict[str, s
     return modes
 
 
-def _missing_file(entity: str, report: Report, why: str) -> None:
+def _missing_file(entity: str, report: Report, why: str, raw: RawSet | None = None) -> None:
+    if raw is not None and entity in raw.unreadable:
+        return  # present, and its own errors say why it could not be read
     report.reject(
         "missing_file",
         f"{entity}.csv is missing{why}",

@@ -173,10 +173,8 @@ def _updated(
 
 
 def _norm(expr: pl.Expr, column: str) -> pl.Expr:
-    """The comparable form of a value: lists as sorted sets, blank status = active.
-
-    Tables hold null, never "", for an empty value (the reader reads both as null).
-    """
+    """The comparable form of a value: lists as sorted sets, blank status = active
+    (`_align` has already made every empty value null)."""
     value = expr
     if column == "status":
         return value.fill_null("active")
@@ -212,11 +210,16 @@ def _no_previous() -> pl.Expr:
 
 
 def _align(frame: pl.DataFrame | None, cols: list[str]) -> pl.DataFrame:
+    """`cols` in order (missing ones null), with "" read as null: an empty value is one value."""
     if frame is None:
         return pl.DataFrame(schema={c: pl.String for c in cols})
-    return frame.select(
+    frame = frame.select(
         *(pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c) for c in cols)
     )
+    # Tables read from CSV never hold "", so check first (len_bytes costs nothing a cell).
+    if frame.select(pl.any_horizontal(pl.all().str.len_bytes() == 0).any()).item():
+        frame = frame.with_columns(pl.when(pl.all() != "").then(pl.all()))
+    return frame
 
 
 def _unique(frame: pl.DataFrame, key: list[str]) -> bool:

@@ -17,7 +17,14 @@ from typing import Any
 
 from ingestd.config import Config
 from ingestd.errors import IngestError, UsageError
-from ingestd.events.store import EventRange, EventStore, SetRow
+from ingestd.events.store import (
+    AlreadyDecided,
+    EventRange,
+    EventStore,
+    SetRow,
+    StaleBase,
+    StoreError,
+)
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
 from ingestd.oneroster.report import Severity
@@ -29,6 +36,7 @@ from ingestd.pipeline.safeguards import SafeguardPolicy, check
 from ingestd.pipeline.snapshot import prune_snapshots, read_snapshot, write_snapshot
 
 EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
+_STALE_RETRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +141,11 @@ class Pipeline:
             status="rejected", reasons=[{"code": "operator", "message": "rejected by an operator"}]
         )
         rng = self.store.decide_set(
-            set_id, "rejected", summary, events=[set_event("rejected", summary)]
+            set_id,
+            "rejected",
+            summary,
+            events=[set_event("rejected", summary)],
+            from_status=("held",),
         )
         get_logger(tenant=row.tenant, set_id=set_id).info("set.rejected", reason="operator")
         return SetOutcome(set_id, row.tenant, "rejected", summary, rng)
@@ -153,7 +165,15 @@ class Pipeline:
             raise UsageError(f"no set {set_id}")
         log = get_logger(tenant=row.tenant, set_id=set_id)
         try:
-            return self._process(row, approved, log)
+            for _ in range(_STALE_RETRIES):
+                try:
+                    return self._process(row, approved, log)
+                except StaleBase:  # another process accepted a set of this tenant meanwhile
+                    log.info("set.rediff")
+                except AlreadyDecided:  # another process finished this very set
+                    done = self.store.get_set(set_id) or row
+                    return SetOutcome(set_id, row.tenant, done.status, done.summary or {})
+            raise StoreError(f"the snapshot of {row.tenant} keeps moving; try again")
         except IngestError:
             raise
         except Exception as exc:  # a bug must not wedge the tenant: record it, keep the files
@@ -167,7 +187,11 @@ class Pipeline:
                 }
             ]
             rng = self.store.decide_set(
-                set_id, "rejected", summary, events=[set_event("rejected", summary)]
+                set_id,
+                "rejected",
+                summary,
+                events=[set_event("rejected", summary)],
+                from_status=("received", "held"),
             )
             return SetOutcome(set_id, row.tenant, "rejected", summary, rng)
 
@@ -227,6 +251,8 @@ class Pipeline:
             set_id,
             "accepted",
             summary,
+            from_status=("held",) if approved else ("received",),
+            expect_snapshot=current,
             report_path=str(report_path),
             base_set_id=current,
             events=events,
@@ -327,7 +353,8 @@ def summary_text(outcome: SetOutcome) -> str:
             for x in (reason.get("file"), reason.get("line") and f"line {reason['line']}")
             if x
         )
-        lines.append(f"  {reason.get('code') or reason.get('rule')}: {where} {reason['message']}")
+        label = reason.get("code") or reason.get("rule")
+        lines.append(f"  {label}: " + (f"{where}: " if where else "") + reason["message"])
     if s.get("report"):
         lines.append(f"  report: {s['report']}")
     if outcome.events and outcome.events.count:

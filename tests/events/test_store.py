@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from ingestd.errors import IngestError
 from ingestd.events.store import (
     MIGRATIONS,
     EventBatch,
@@ -260,6 +261,55 @@ def test_events_are_invisible_to_readers_until_the_commit(store: EventStore, db_
     )
     assert seen and set(seen) == {0}
     assert raw(db_path, "SELECT COUNT(*) FROM events") == [(30_100,)]
+
+
+def test_a_set_is_decided_once_when_two_connections_race(db_path: Path) -> None:
+    """Two recoverers (two `ingestd ingest` after a crash, or the daemon and the CLI) both
+    read the set as `received`; the one that commits second must not insert its events again."""
+    with EventStore(db_path) as one, EventStore(db_path) as two:
+        received(one, "S1")
+        assert [r.id for r in two.pending_sets()] == ["S1"]
+        two_begins = threading.Event()
+        failures: list[BaseException] = []
+
+        def on_sql(sql: str) -> None:  # sqlite's own statement trace, nothing of ours replaced
+            if sql.startswith("BEGIN"):
+                two_begins.set()
+
+        def second() -> None:
+            try:
+                two.decide_set(
+                    "S1", "accepted", {}, events=[EventBatch("users.created", texts(100))]
+                )
+            except IngestError:
+                pass  # refusing is right
+            except BaseException as exc:
+                failures.append(exc)
+
+        class ReleaseWhenTwoWaits(Sequence[str]):
+            """Read inside one's transaction: lets `two` read the set, then waits for it."""
+
+            def __len__(self) -> int:
+                return 100
+
+            def __getitem__(self, i: int) -> str:  # type: ignore[override]
+                if i >= 100:
+                    raise IndexError(i)
+                if i == 0:
+                    two.db.set_trace_callback(on_sql)
+                    thread.start()
+                    assert two_begins.wait(10)  # two has read S1 as received, now it waits
+                return "{}"
+
+        thread = threading.Thread(target=second)
+        one.decide_set(
+            "S1", "accepted", {}, events=[EventBatch("users.created", ReleaseWhenTwoWaits())]
+        )
+        thread.join(30)
+        two.db.set_trace_callback(None)
+        assert not thread.is_alive() and not failures
+        assert one.last_event_id() == 100  # S1's events once, not twice
+        assert one.get_set("S1").status == "accepted"
 
 
 # --- a failure inside the transaction rolls everything back -----------------------------------

@@ -22,7 +22,7 @@ from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline, TenantPolicy
 from ingestd.pipeline.safeguards import SafeguardPolicy
-from ingestd.pipeline.snapshot import SNAPSHOTS, read_snapshot
+from ingestd.pipeline.snapshot import SNAPSHOTS, read_snapshot, write_snapshot
 from tests.oneroster.corpus import (
     copy_set,
     fields,
@@ -31,6 +31,7 @@ from tests.oneroster.corpus import (
     read_lines,
     set_cell,
     write_lines,
+    zip_dir,
 )
 
 TENANT = "lincoln-high"
@@ -596,13 +597,9 @@ def test_a_set_with_a_windows_1252_byte_is_rejected_and_reported(
             "column": f"#{column}",
         }
     ]
-    # the unreadable file then counts as missing: a second, file-level reason
+    # the unreadable file is not also reported as missing: one reason, the real one
     reasons = outcome.summary["reasons"]
-    assert reasons[:1] == not_utf8
-    assert [(r["code"], r["file"], r["line"]) for r in reasons[1:]] == [
-        ("missing_file", None, None)
-    ]
-    assert reasons[1]["message"].startswith("users.csv is missing")
+    assert reasons == not_utf8
     evs = events(store, after=mark)
     assert [e["type"] for e in evs] == ["sets.rejected"]
     assert evs[0]["data"] == outcome.summary
@@ -757,3 +754,155 @@ def test_snapshot_retention(base_set: Path, tmp_path: Path, state: Path, store: 
         .count("day3@example.org")
         == 1
     )
+
+
+# --- more of a set's life -------------------------------------------------------------------------
+
+
+def test_an_older_held_set_is_superseded_by_an_accepted_one(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore
+) -> None:
+    pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    half, _ = cut_users_in_half(base_set, tmp_path / "half")
+    first_hold = pipeline.ingest_path(TENANT, half)
+    second_hold = pipeline.ingest_path(TENANT, half)  # not a duplicate of the current set
+    assert (first_hold.status, second_hold.status) == ("held", "held")
+    approved = pipeline.approve(second_hold.set_id)
+    assert approved.status == "accepted"
+    assert store.get_set(first_hold.set_id).status == "superseded"
+    with pytest.raises(UsageError, match="is superseded, not held"):
+        pipeline.approve(first_hold.set_id)
+    # the same files as the current set are now a duplicate
+    assert pipeline.ingest_path(TENANT, half).status == "duplicate"
+
+
+def test_a_zip_then_the_same_files_loose_then_a_bom(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore
+) -> None:
+    archive = zip_dir(base_set, tmp_path / "set.zip")
+    first = pipeline.ingest_path(TENANT, archive)
+    assert first.status == "accepted"
+    assert (sets.set_dir(pipeline.state_dir, TENANT, first.set_id) / "raw" / "set.zip").is_file()
+    mark = store.last_event_id()
+    assert mark == sum(len(csv_rows(base_set / f"{e}.csv")) for e in spec.ENTITY_NAMES) + 1
+    loose = pipeline.ingest_path(TENANT, base_set)
+    assert loose.status == "accepted"  # other bytes, same rows
+    bom = copy_set(base_set, tmp_path / "bom")
+    (bom / "orgs.csv").write_bytes(b"\xef\xbb\xbf" + (bom / "orgs.csv").read_bytes())
+    assert pipeline.ingest_path(TENANT, bom).status == "accepted"
+    assert [e["type"] for e in events(store, after=mark)] == ["sets.accepted"] * 2
+
+
+def test_a_delta_file_changes_only_what_it_names(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore, state: Path
+) -> None:
+    first = pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    mark = store.last_event_id()
+    old = csv_rows(base_set / "users.csv")
+    head = header(base_set / "users.csv")
+    parent = next(r for r in reversed(old) if r["role"] == "parent")
+    student = next(r for r in old if r["role"] == "student")
+    stamp = "2026-12-01T00:00:00.000Z"
+    gone = {**parent, "status": "tobedeleted", "dateLastModified": stamp}
+    changed = {**student, "status": "active", "dateLastModified": stamp, "email": "d@x.org"}
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    write_lines(
+        delta / "users.csv", [join(head), *(join([r[h] for h in head]) for r in (gone, changed))]
+    )
+    absent = [f"file.{e},absent" for e in spec.ENTITY_NAMES if e != "users"]
+    write_lines(
+        delta / "manifest.csv",
+        [
+            "propertyName,value",
+            "manifest.version,1.0",
+            "oneroster.version,1.1",
+            "file.users,delta",
+            *absent,
+        ],
+    )
+    outcome = pipeline.ingest_path(TENANT, delta)
+    assert outcome.status == "accepted", outcome.summary.get("reasons")
+    evs = events(store, after=mark)
+    assert [(e["type"], e["data"]["object"]["sourcedId"]) for e in evs[:-1]] == [
+        ("users.updated", student["sourcedId"]),
+        ("users.deleted", parent["sourcedId"]),
+    ]
+    # blank status before, active now: the same; the stamp is ignored
+    assert evs[0]["data"]["previous_attributes"] == {"email": student["email"]}
+    assert evs[0]["data"]["object"] == changed
+    assert evs[1]["data"]["object"] == parent  # as last seen
+    n = {e: len(csv_rows(base_set / f"{e}.csv")) for e in spec.ENTITY_NAMES}
+    assert evs[-1]["data"]["counts"] == {
+        **no_change_counts(base_set),
+        "users": counts(n["users"] - 1, updated=1, deleted=1, prior=n["users"]),
+    }
+    snap = read_snapshot(state, TENANT, outcome.set_id)
+    before = read_snapshot(state, TENANT, first.set_id)
+    assert {e: f.height for e, f in snap.items()} == {**n, "users": n["users"] - 1}
+    assert snap["enrollments"].sort("sourcedId").equals(before["enrollments"].sort("sourcedId"))
+
+
+def test_a_crash_after_the_snapshot_was_written_loses_and_repeats_nothing(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore, state: Path
+) -> None:
+    first = pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    mark = store.last_event_id()
+    day2 = copy_set(base_set, tmp_path / "day2")
+    users = day2 / "users.csv"
+    sid = next(r for r in csv_rows(users) if r["role"] == "teacher")["sourcedId"]
+    old_email = set_cell(users, find_line(users, "sourcedId", sid), "email", "t@x.org")
+    set_id, _, digest = sets.claim_copy(state, TENANT, day2)
+    store.add_set(set_id, TENANT, "sftp", digest)
+    # the crash: a snapshot folder of the set exists, the transaction never ran
+    write_snapshot(state, TENANT, set_id, read_snapshot(state, TENANT, first.set_id))
+    assert store.snapshot_of(TENANT) == first.set_id
+
+    [outcome] = pipeline.recover()
+    assert (outcome.set_id, outcome.status) == (set_id, "accepted")
+    evs = events(store, after=mark)
+    assert [e["type"] for e in evs] == ["users.updated", "sets.accepted"]
+    assert evs[0]["data"]["previous_attributes"] == {"email": old_email}
+    assert store.snapshot_of(TENANT) == set_id
+    snap = read_snapshot(state, TENANT, set_id)["users"]
+    assert snap.filter(snap["sourcedId"] == sid)["email"].item() == "t@x.org"
+    assert pipeline.recover() == []
+
+
+def test_an_unreadable_snapshot_rejects_the_set_and_keeps_its_files(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore, state: Path
+) -> None:
+    first = pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    (state / SNAPSHOTS / TENANT / first.set_id / "users.parquet").write_bytes(b"not parquet")
+    mark = store.last_event_id()
+    day2, _ = edit_first_email(base_set, tmp_path / "day2")
+    outcome = pipeline.ingest_path(TENANT, day2)
+    assert (outcome.status, outcome.exit_code) == ("rejected", 1)
+    [reason] = outcome.summary["reasons"]
+    assert reason["code"] == "internal_error"
+    assert reason["message"].endswith("the files are kept, see the daemon log")
+    assert [e["type"] for e in events(store, after=mark)] == ["sets.rejected"]
+    assert store.snapshot_of(TENANT) == first.set_id
+    raw = sets.set_dir(state, TENANT, outcome.set_id) / "raw"
+    assert tree(raw) == tree(day2)
+
+
+def edit_first_email(src: Path, dst: Path) -> tuple[Path, str]:
+    out = copy_set(src, dst)
+    return out, set_cell(out / "users.csv", 2, "email", "first@x.org")
+
+
+def test_more_events_of_one_type_than_one_insert_chunk(
+    tmp_path: Path, pipeline: Pipeline, store: EventStore
+) -> None:
+    big = tmp_path / "big"
+    generate(big, students=2100, seed=3)
+    files = {e: csv_rows(big / f"{e}.csv") for e in spec.ENTITY_NAMES}
+    assert len(files["enrollments"]) > 20_000  # the store inserts 20,000 per statement
+    outcome = pipeline.ingest_path(TENANT, big)
+    total = sum(len(r) for r in files.values())
+    assert (outcome.events.first, outcome.events.last) == (1, total + 1)
+    rows = store.read_events(type_glob="enrollments.created")
+    assert [r[0] for r in rows] == list(range(total - len(files["enrollments"]) + 1, total + 1))
+    got = sorted(json.loads(r[5])["object"]["sourcedId"] for r in rows)
+    assert got == sorted(r["sourcedId"] for r in files["enrollments"])
