@@ -42,6 +42,7 @@ STUDENTS = 1500  # an ingest of ~1.3 s, 30 trials in ~80 s on 2 busy cores
 SEED = 5
 DAY1_SEEDS = range(20)  # kill delays: random.Random(seed).uniform(0, duration)
 DAY2_SEEDS = range(100, 110)
+TWICE_SEEDS = range(200, 203)  # two recoverers at once
 TENANT = "t1"
 ENV = {k: v for k, v in os.environ.items() if k != "INGESTD_CONFIG"}
 
@@ -90,6 +91,29 @@ def ingest(config: Path, path: Path) -> subprocess.CompletedProcess[str]:
     done = run(config, "ingest", TENANT, path)
     assert done.returncode == 0, f"ingest exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done
+
+
+def ingest_at_once(config: Path, path: Path, processes: int) -> None:
+    """Run `processes` copies of the same `ingest` at once (each recovers first), to the end."""
+    procs = [
+        subprocess.Popen(
+            command(config, "ingest", TENANT, path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, f"ingest exited {p.returncode}:\n{err[-3000:]}"
 
 
 def killed_ingest(config: Path, path: Path, delay: float, log: Path) -> bool:
@@ -235,13 +259,18 @@ def check_log(events: list[Event], accepted_sets: list[str], what: str) -> None:
 
 
 def check_sets(
-    sets: list[dict[str, Any]], log: list[Event], accepted_before: int, what: str
+    sets: list[dict[str, Any]],
+    log: list[Event],
+    accepted_before: int,
+    what: str,
+    duplicates: int = 1,
 ) -> None:
-    """One accepted set per ingest, at most one `duplicate` (the re-run of a set a crash left)."""
+    """One accepted set per ingest; at most `duplicates` sets found `duplicate` (each re-run
+    of the command claims the set again, identical to the one a crash left behind)."""
     statuses = Counter(s["status"] for s in sets)
     accepted = sorted(s["id"] for s in sets if s["status"] == "accepted")
     assert statuses["accepted"] == accepted_before + 1, (what, statuses)
-    assert statuses["duplicate"] <= 1, (what, statuses)
+    assert statuses["duplicate"] <= duplicates, (what, statuses)
     assert set(statuses) <= {"accepted", "duplicate"}, (what, statuses)
     for s in sets:
         if s["status"] == "duplicate":
@@ -331,10 +360,16 @@ def run_trials(
     reference: list[Event],
     accepted_before: int,
     base_state: Path | None,
+    *,
+    recoverers: int = 1,
+    window: tuple[float, float] = (0.0, 1.0),
 ) -> list[Trial]:
+    """Kill, recover (with `recoverers` processes at once), compare; kill delays are drawn
+    from `window` (fractions of `duration`)."""
     out = []
     for seed in seeds:
-        trial = Trial(seed, random.Random(seed).uniform(0, duration))
+        low, high = window
+        trial = Trial(seed, random.Random(seed).uniform(low * duration, high * duration))
         out.append(trial)
         folder = tmp_path / f"{name}-{seed}"
         config = write_config(folder)
@@ -346,10 +381,10 @@ def run_trials(
         try:
             exited = killed_ingest(config, set_path, trial.delay, folder / "killed.log")
             trial.phase = landed(state, known, exited, folder / "scratch")
-            ingest(config, set_path)
+            ingest_at_once(config, set_path, recoverers)
             log = parse_log(dump_events(state))
             what = f"seed {seed} ({trial.phase})"
-            check_sets(dump_sets(state), log, accepted_before, what)
+            check_sets(dump_sets(state), log, accepted_before, what, duplicates=recoverers)
             assert_same_log(log, reference, what)
         except (AssertionError, pytest.fail.Exception) as exc:
             lines = str(exc).strip().splitlines()
@@ -490,5 +525,29 @@ def test_kill_during_a_later_set_then_recover(
         tmp_path, "day2", DAY2_SEEDS, duration, day2, reference, 1, day1_reference.state
     )
     report("day 2", duration, trials, time.monotonic() - began)
+    failed = [t for t in trials if t.error]
+    assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)
+
+
+def test_two_recoveries_at_once(
+    tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]], day1_reference: Reference
+) -> None:
+    """After the kill, two `ingest` commands at once (an operator beside the daemon): both
+    recover the set the kill left `received`, one commits it, the other must not again."""
+    ref = day1_reference
+    began = time.monotonic()
+    trials = run_trials(
+        tmp_path,
+        "twice",
+        TWICE_SEEDS,
+        ref.duration,
+        district[0],
+        ref.events,
+        0,
+        None,
+        recoverers=2,
+        window=(0.5, 0.85),  # after the imports, before the commit: a set is left behind
+    )
+    report("day 1, two recoveries at once", ref.duration, trials, time.monotonic() - began)
     failed = [t for t in trials if t.error]
     assert not failed, "\n".join(f"seed {t.seed} ({t.phase}): {t.error}" for t in failed)

@@ -44,6 +44,7 @@ class ValidatedSet:
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=dict)  # entity -> bulk | delta
     dropped_ids: dict[str, list[str]] = field(default_factory=dict)
+    dropped_rows: dict[str, pl.DataFrame] = field(default_factory=dict)  # as read, if parsed
     other_files: list[str] = field(default_factory=list)
 
     @property
@@ -112,6 +113,10 @@ def validate_raw(
                 file=table.name,
             )
         out.dropped_ids[entity] = _dropped_ids(table, frame) if total_dropped else []
+        if total_dropped:
+            out.dropped_rows[entity] = table.frame.join(
+                frame.select(LINE), on=LINE, how="anti"
+            ).drop(LINE)
         out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
         out.modes[entity] = modes[entity]
     return out

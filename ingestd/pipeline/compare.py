@@ -46,6 +46,7 @@ def compare_sets(old: Path, new: Path, policy: TenantPolicy | None = None) -> Co
                     after.tables.get(entity),
                     mode=after.modes.get(entity, "bulk"),
                     keep_ids=after.dropped_ids.get(entity),
+                    keep_rows=after.dropped_rows.get(entity),
                     options=policy.diff,
                 )
     return Comparison(before, after, diffs)

@@ -71,6 +71,7 @@ def diff_entity(
     *,
     mode: str = "bulk",
     keep_ids: list[str] | None = None,
+    keep_rows: pl.DataFrame | None = None,
     options: DiffOptions | None = None,
 ) -> EntityDiff:
     """Compare `new` (None: the entity was absent from the set) with the snapshot `old`."""
@@ -126,8 +127,15 @@ def diff_entity(
     else:
         deleted = gone
         state = live
-        if keep_ids:  # invalid rows keep their last good version: no delete
+        # Invalid rows (the validator dropped them) keep their last good version: no delete.
+        # They are found by sourcedId, or by the natural key when that is what matches rows.
+        carried = gone.clear()
+        if keep_rows is not None and not keep_rows.is_empty() and key != ["sourcedId"]:
+            usable = keep_rows.select(key).drop_nulls()
+            carried = gone.join(usable, on=key, how="semi", maintain_order="left")
+        elif keep_ids:
             carried = gone.filter(pl.col("sourcedId").is_in(pl.Series(keep_ids).implode()))
+        if not carried.is_empty():
             kept = carried.height
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
             state = pl.concat([live, carried])

@@ -276,6 +276,7 @@ class Pipeline:
                 new,
                 mode=result.modes.get(entity, "bulk"),
                 keep_ids=result.dropped_ids.get(entity),
+                keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
             )
         return diffs

@@ -400,17 +400,12 @@ def test_swapped_values_between_columns_are_an_update() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with natural_key, keep_ids (sourcedIds of today's dropped rows) are matched "
-    "against the snapshot by sourcedId, which the SIS renumbered: the invalid row's last "
-    "good version is deleted instead of kept",
-)
 def test_natural_key_keeps_an_invalid_renumbered_enrollment() -> None:
     old = frame("enrollments", [enrollment("e1", "c1", "u1"), enrollment("e2", "c1", "u2")])
     # today e1 is e71 and e2 is e72; e72 was dropped by the validator (say, a bad date)
     new = frame("enrollments", [enrollment("e71", "c1", "u1")])
-    d = diff_entity("enrollments", old, new, keep_ids=["e72"], options=NATURAL)
+    dropped = frame("enrollments", [enrollment("e72", "c1", "u2")])
+    d = diff_entity("enrollments", old, new, keep_ids=["e72"], keep_rows=dropped, options=NATURAL)
     assert d.deleted.height == 0
     assert d.kept_rows == 1
 
