@@ -168,15 +168,23 @@ class EventStore:
             self.db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open ({exc.__class__.__name__})") from None
+        try:
+            self._check_version()  # before anything changes the file
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoint, atomic
             self.db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise StoreError(
                 f"{path}: cannot open the database ({exc.__class__.__name__})"
             ) from None
+        except BaseException:
+            self.db.close()
+            raise
 
     @classmethod
     def open(cls, state_dir: Path) -> EventStore:
@@ -195,13 +203,16 @@ class EventStore:
 
     # --- schema ------------------------------------------------------------------------
 
-    def _migrate(self) -> None:
+    def _check_version(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"{self.path} has schema version {version}, newer than this ingestd "
                 f"({len(MIGRATIONS)}); upgrade ingestd"
             )
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self.db.execute("BEGIN IMMEDIATE")
             try:

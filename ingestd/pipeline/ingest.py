@@ -163,6 +163,16 @@ class Pipeline:
         row = self.store.get_set(set_id)
         if row is None:
             raise UsageError(f"no set {set_id}")
+        # One process at a time works on a tenant's sets (the daemon, an operator's
+        # `ingestd ingest`, a second recoverer): they would share the set's snapshot folder.
+        with sets.tenant_lock(self.state_dir, row.tenant):
+            row = self.store.get_set(set_id) or row
+            if row.status != ("held" if approved else "received"):  # done meanwhile
+                return SetOutcome(set_id, row.tenant, row.status, row.summary or {})
+            return self._locked(row, approved)
+
+    def _locked(self, row: SetRow, approved: bool) -> SetOutcome:
+        set_id = row.id
         log = get_logger(tenant=row.tenant, set_id=set_id)
         try:
             for _ in range(_STALE_RETRIES):

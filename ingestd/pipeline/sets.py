@@ -7,10 +7,12 @@ whole; its digest lets an identical re-delivery be recognised.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ingestd.config import validate_tenant_id
@@ -117,6 +119,20 @@ def orphan_sets(state_dir: Path, known: set[str]) -> list[tuple[str, str, Path]]
             if (folder / RAW).is_dir():
                 found.append((tenant_dir.name, folder.name, folder))
     return found
+
+
+@contextlib.contextmanager
+def tenant_lock(state_dir: Path, tenant: str) -> Iterator[None]:
+    """An exclusive lock on a tenant's sets across processes (flock; released on exit or
+    death, so a killed process never leaves it held)."""
+    folder = state_dir / SETS / tenant
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
