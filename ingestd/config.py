@@ -19,6 +19,7 @@ from ingestd.errors import ConfigError
 from ingestd.oneroster import spec
 from ingestd.oneroster.reader import ReadLimits
 from ingestd.oneroster.validate import ValidationPolicy
+from ingestd.sources.sftp.settings import SftpConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/ingestd/ingestd.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/ingestd")
@@ -99,21 +100,6 @@ class SafeguardsConfig(_Section):
     """Hold the set when a required entity drops to zero rows."""
 
 
-class SftpConfig(_Section):
-    """[sftp]: the SFTP server schools push their exports to."""
-
-    listen: str = "0.0.0.0:2222"
-    """host:port to listen on."""
-
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:2222")
-        return value
-
-
 class Config(_Section):
     """The whole ingestd.toml, plus the tenants read from tenants.d/ beside it."""
 
@@ -149,6 +135,31 @@ class TenantConfig(_Section):
     safeguards: TenantSafeguards = Field(default_factory=TenantSafeguards)
     enrollment_key: Literal["sourcedId", "natural"] = "sourcedId"
     """`natural`: match enrollments on class + user + role (for SIS that renumber them daily)."""
+    password_hash: str | None = None
+    """argon2id hash of the SFTP password (`ingestd tenant passwd` writes it)."""
+    authorized_keys: list[str] = Field(default_factory=list)
+    """OpenSSH public keys allowed to log in as this tenant (`ssh-ed25519 AAAA... comment`)."""
+    allow_ips: list[str] = Field(default_factory=list)
+    """CIDRs the school's SIS connects from (empty: anywhere)."""
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("$argon2id$"):
+            raise ValueError("must be an argon2id hash: set it with `ingestd tenant passwd`")
+        return value
+
+    @field_validator("allow_ips")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+        return value
 
     @field_validator("id")
     @classmethod

@@ -1,0 +1,477 @@
+"""The jailed, write-only SFTP filesystem of one session: `/` is `<state_dir>/inbox/<tenant>/`.
+
+asyncssh's stock `chroot=` only rewrites path text (SFTP.md: a relative
+symlink plus a rename escapes it). Here every path is normalized against a
+virtual `/`, mapped under the tenant's folder, and its resolved real path must
+stay inside that folder. Nothing that could leave the jail is offered at all:
+no read, no symlink, no hard link, no readlink; attribute changes are accepted
+and ignored (WinSCP fails when they error), files get a fixed mode.
+
+Uploads are atomic: bytes go to a hidden temp file in the target folder and
+are renamed to the final name only on close, after an fsync; a session that
+ends without closing removes its temp files. Disk I/O runs in threads, so one
+slow disk write does not stall every other school's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import posixpath
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+from asyncssh import (
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_WRITE,
+    SFTPAttrs,
+    SFTPName,
+    SFTPVFSAttrs,
+)
+
+from ingestd.logging import get_logger
+
+TEMP_PREFIX = ".ingestd-upload-"  # hidden from the client and ignored by the inbox watcher
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+MAX_PATH_BYTES = 1024
+_DISK_CHECK_BYTES = 16 << 20  # re-check free space every 16 MiB written
+
+# SFTPv5/6 open dispositions (asyncssh.constants)
+_ACE4_READ_DATA = 0x1
+_DISPOSITION = 0x7
+_CREATE_NEW, _CREATE_TRUNCATE, _OPEN_EXISTING, _OPEN_OR_CREATE, _TRUNCATE_EXISTING = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one upload, one inbox and the disk may hold."""
+
+    max_file_bytes: int = 2 << 30
+    max_inbox_bytes: int = 10 << 30
+    min_free_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedUpload:
+    """An upload renamed into the inbox: what the audit log and the watcher are told."""
+
+    tenant: str
+    path: Path
+    name: str  # as the client sees it, e.g. /users.csv
+    size: int
+    sha256: str
+    seconds: float
+
+
+@dataclass(slots=True, eq=False)  # identity: each open handle is its own upload
+class _Upload:
+    fd: int
+    temp: Path
+    final: Path
+    name: str
+    started: float = field(default_factory=time.monotonic)
+    size: int = 0
+    written: int = 0
+    since_disk_check: int = 0
+    hashed: int = 0  # bytes fed to `digest`, in order
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # type: ignore[name-defined]
+    in_order: bool = True
+
+
+def _deny(what: str) -> asyncssh.SFTPPermissionDenied:
+    return asyncssh.SFTPPermissionDenied(f"{what} is not allowed on this upload-only server")
+
+
+class JailedSFTPServer(asyncssh.SFTPServer):
+    """One SFTP session of one tenant: write-only, jailed, atomic uploads."""
+
+    def __init__(
+        self,
+        chan: asyncssh.SSHServerChannel,
+        *,
+        tenant: str,
+        root: Path,
+        limits: UploadLimits,
+        on_upload: Callable[[CompletedUpload], None] | None = None,
+    ) -> None:
+        super().__init__(chan)
+        self.tenant = tenant
+        self.root = Path(os.path.realpath(root))
+        self.limits = limits
+        self.on_upload = on_upload
+        self.log = get_logger(tenant=tenant, conn=chan.get_extra_info("peername", ("?", 0))[0])
+        self._uploads: set[_Upload] = set()
+
+    # --- paths -------------------------------------------------------------------------
+
+    def _virtual(self, path: bytes) -> str:
+        """The normalized client path, always absolute under the virtual `/`."""
+        if len(path) > MAX_PATH_BYTES or b"\0" in path:
+            raise asyncssh.SFTPInvalidFilename("invalid path")
+        try:
+            text = path.decode("utf-8")
+        except UnicodeDecodeError:
+            raise asyncssh.SFTPInvalidFilename("paths must be UTF-8") from None
+        return posixpath.normpath("/" + text.lstrip("/"))  # ".." cannot climb above "/"
+
+    def _real(self, path: bytes, *, hidden_ok: bool = False) -> tuple[str, Path]:
+        """(virtual path, real path) after proving the real path lies inside the jail."""
+        virtual = self._virtual(path)
+        name = posixpath.basename(virtual)
+        if not hidden_ok and name.startswith(TEMP_PREFIX):
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        real = self.root / virtual.lstrip("/") if virtual != "/" else self.root
+        # Containment on the resolved path (the parent, for names that may not exist yet).
+        parent = os.path.realpath(real.parent if real != self.root else real)
+        if parent != str(self.root) and not parent.startswith(str(self.root) + os.sep):
+            self._refuse("path outside the inbox", virtual)
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        if real != self.root and os.path.islink(real):
+            self._refuse("symbolic link", virtual)
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        return virtual, real
+
+    def _refuse(self, what: str, path: str | None = None) -> None:
+        self.log.warning("sftp.refused", operation=what, path=path)
+
+    def map_path(self, path: bytes) -> bytes:  # used by asyncssh helpers we do not override
+        return os.fsencode(self._real(path)[1])
+
+    def reverse_map_path(self, path: bytes) -> bytes:
+        real = os.path.realpath(os.fsdecode(path))
+        if real == str(self.root):
+            return b"/"
+        if not real.startswith(str(self.root) + os.sep):
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        return ("/" + os.path.relpath(real, self.root)).encode()
+
+    async def realpath(self, path: bytes) -> bytes:
+        """The canonical client path (no symlinks can exist inside the jail)."""
+        return self._virtual(path).encode()
+
+    # --- attributes ----------------------------------------------------------------------
+
+    def _attrs(self, st: os.stat_result) -> SFTPAttrs:
+        attrs = SFTPAttrs.from_local(st)
+        attrs.uid = attrs.gid = 0
+        attrs.owner = attrs.group = "ingestd"  # never the host's user names
+        return attrs
+
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        """stat of a file or folder inside the jail; a clean "no such file" otherwise."""
+        return await self.lstat(path)
+
+    async def lstat(self, path: bytes) -> SFTPAttrs:
+        """lstat: symbolic links are never followed."""
+        _, real = self._real(path)
+        try:
+            return self._attrs(await asyncio.to_thread(os.lstat, real))
+        except FileNotFoundError:
+            raise asyncssh.SFTPNoSuchFile("no such file") from None
+        except NotADirectoryError:
+            raise asyncssh.SFTPNoSuchFile("no such file") from None
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        """fstat of an open upload (its size so far)."""
+        upload = self._upload(file_obj)
+        st = await asyncio.to_thread(os.fstat, upload.fd)
+        return self._attrs(st)
+
+    def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """Accepted and ignored: clients set times and modes; files keep a fixed mode."""
+        self._real(path)
+
+    def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """Accepted and ignored."""
+        self._real(path)
+
+    def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        """Accepted and ignored (a size change included: uploads are written, not resized)."""
+        self._upload(file_obj)
+
+    async def statvfs(self, path: bytes) -> SFTPVFSAttrs:
+        """The filesystem of the inbox."""
+        self._real(path)
+        return SFTPVFSAttrs.from_local(await asyncio.to_thread(os.statvfs, self.root))
+
+    async def fstatvfs(self, file_obj: object) -> SFTPVFSAttrs:
+        """The filesystem of the inbox."""
+        self._upload(file_obj)
+        return SFTPVFSAttrs.from_local(await asyncio.to_thread(os.statvfs, self.root))
+
+    # --- folders ----------------------------------------------------------------------------
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        """The folder's entries, without uploads in progress."""
+        _, real = self._real(path)
+
+        def listing() -> list[tuple[str, os.stat_result]]:
+            out = []
+            with os.scandir(real) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX):
+                        continue
+                    try:
+                        out.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue
+            return out
+
+        try:
+            entries = await asyncio.to_thread(listing)
+        except (FileNotFoundError, NotADirectoryError):
+            raise asyncssh.SFTPNoSuchFile("no such folder") from None
+        here = await asyncio.to_thread(os.stat, real)
+        for name, st in [(".", here), ("..", here), *sorted(entries)]:
+            entry = SFTPName(name.encode(), attrs=self._attrs(st))
+            self.format_longname(entry)
+            yield entry
+
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """A folder inside the inbox, with a fixed mode."""
+        _, real = self._real(path)
+        try:
+            await asyncio.to_thread(os.mkdir, real, DIR_MODE)
+        except FileExistsError:
+            raise asyncssh.SFTPFileAlreadyExists("already exists") from None
+        except FileNotFoundError:
+            raise asyncssh.SFTPNoSuchFile("no such folder") from None
+
+    async def rmdir(self, path: bytes) -> None:
+        """Remove an empty folder (never the inbox itself)."""
+        virtual, real = self._real(path)
+        if virtual == "/":
+            raise _deny("removing the inbox")
+        try:
+            await asyncio.to_thread(os.rmdir, real)
+        except FileNotFoundError:
+            raise asyncssh.SFTPNoSuchFile("no such folder") from None
+        except OSError:
+            raise asyncssh.SFTPFailure("the folder is not empty") from None
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        """Open for writing only: a hidden temp file, renamed into place on close."""
+        virtual, final = self._real(path)
+        if pflags & FXF_READ or not pflags & FXF_WRITE:
+            self._refuse("read", virtual)
+            raise _deny("reading")
+        if pflags & FXF_APPEND:
+            raise asyncssh.SFTPOpUnsupported("append (resume) is not supported; upload again")
+        return await self._start_upload(
+            virtual, final, create=bool(pflags & FXF_CREAT), exclusive=bool(pflags & FXF_EXCL)
+        )
+
+    async def open56(
+        self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs
+    ) -> object:
+        """SFTP v5/6 open, mapped onto the same rules."""
+        virtual, final = self._real(path)
+        if desired_access & _ACE4_READ_DATA:
+            self._refuse("read", virtual)
+            raise _deny("reading")
+        disposition = flags & _DISPOSITION
+        return await self._start_upload(
+            virtual,
+            final,
+            create=disposition != _OPEN_EXISTING and disposition != _TRUNCATE_EXISTING,
+            exclusive=disposition == _CREATE_NEW,
+        )
+
+    async def _start_upload(self, virtual: str, final: Path, *, create: bool, exclusive: bool):
+        if virtual == "/" or final.is_dir():
+            raise asyncssh.SFTPFileIsADirectory("is a folder")
+        exists = final.exists()
+        if exclusive and exists:
+            raise asyncssh.SFTPFileAlreadyExists("already exists")
+        if not exists and not create:
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        if not final.parent.is_dir():
+            raise asyncssh.SFTPNoSuchFile("no such folder")
+        await self._check_space(0)
+        temp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        fd = await asyncio.to_thread(
+            os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+        )
+        upload = _Upload(fd=fd, temp=temp, final=final, name=virtual)
+        self._uploads.add(upload)
+        return upload
+
+    def _upload(self, file_obj: object) -> _Upload:
+        if not isinstance(file_obj, _Upload) or file_obj not in self._uploads:
+            raise asyncssh.SFTPInvalidHandle("invalid handle")
+        return file_obj
+
+    def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """Refused: the inbox is write-only (this also disables copy-data)."""
+        self._refuse("read")
+        raise _deny("reading")
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        """Write at `offset` (off the event loop), within the file, inbox and disk limits."""
+        upload = self._upload(file_obj)
+        end = offset + len(data)
+        if end > self.limits.max_file_bytes:
+            self._refuse("file over max_file_bytes", upload.name)
+            raise asyncssh.SFTPQuotaExceeded(
+                f"file too large: the limit is {self.limits.max_file_bytes} bytes"
+            )
+        grow = max(0, end - upload.size)
+        if grow:
+            await self._check_space(grow, upload)
+        written = await asyncio.to_thread(os.pwrite, upload.fd, data, offset)
+        upload.size = max(upload.size, end)
+        upload.written += written
+        if upload.in_order and offset == upload.hashed:
+            upload.digest.update(data)
+            upload.hashed = end
+        elif offset < upload.hashed or offset > upload.hashed:
+            upload.in_order = False  # hashed again from disk on close
+        return written
+
+    async def _check_space(self, grow: int, upload: _Upload | None = None) -> None:
+        if upload is not None:
+            upload.since_disk_check += grow
+            if upload.since_disk_check < _DISK_CHECK_BYTES:
+                return
+            upload.since_disk_check = 0
+        free, used = await asyncio.to_thread(self._disk_and_inbox)
+        if free - grow < self.limits.min_free_bytes:
+            self.log.error("sftp.disk_floor", free_bytes=free)
+            raise asyncssh.SFTPNoSpaceOnFilesystem("the server's disk is full; try again later")
+        if used + grow > self.limits.max_inbox_bytes:
+            self._refuse("inbox over max_inbox_bytes")
+            raise asyncssh.SFTPQuotaExceeded("this school's inbox is full")
+
+    def _disk_and_inbox(self) -> tuple[int, int]:
+        vfs = os.statvfs(self.root)
+        used = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    used += os.lstat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:
+                    continue
+        return vfs.f_bavail * vfs.f_frsize, used
+
+    async def fsync(self, file_obj: object) -> None:
+        """fsync the upload's temp file."""
+        await asyncio.to_thread(os.fsync, self._upload(file_obj).fd)
+
+    async def close(self, file_obj: object) -> None:
+        """Finish an upload: fsync, rename into place, fsync the folder, tell the watcher."""
+        upload = self._upload(file_obj)
+        self._uploads.discard(upload)
+        try:
+            await asyncio.to_thread(os.fsync, upload.fd)
+        finally:
+            os.close(upload.fd)
+        if not upload.in_order or upload.hashed != upload.size:
+            upload.digest = await asyncio.to_thread(_hash_file, upload.temp)
+        await asyncio.to_thread(_publish, upload.temp, upload.final)
+        done = CompletedUpload(
+            tenant=self.tenant,
+            path=upload.final,
+            name=upload.name,
+            size=upload.size,
+            sha256=upload.digest.hexdigest(),
+            seconds=round(time.monotonic() - upload.started, 3),
+        )
+        self.log.info(
+            "sftp.upload_completed",
+            file=done.name,
+            bytes=done.size,
+            sha256=done.sha256,
+            seconds=done.seconds,
+        )
+        if self.on_upload is not None:
+            self.on_upload(done)
+
+    async def remove(self, path: bytes) -> None:
+        """Remove a file (clients delete before renaming over it)."""
+        virtual, real = self._real(path)
+        if virtual == "/" or real.is_dir():
+            raise asyncssh.SFTPFileIsADirectory("is a folder")
+        try:
+            await asyncio.to_thread(os.remove, real)
+        except FileNotFoundError:
+            raise asyncssh.SFTPNoSuchFile("no such file") from None
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """Rename inside the jail; replaces an existing file (clients overwrite this way)."""
+        await self._rename(oldpath, newpath)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """posix-rename@openssh.com: the same, atomically replacing the target."""
+        await self._rename(oldpath, newpath)
+
+    async def _rename(self, oldpath: bytes, newpath: bytes) -> None:
+        old_virtual, old = self._real(oldpath)
+        new_virtual, new = self._real(newpath)
+        if old_virtual == "/" or new_virtual == "/":
+            raise _deny("renaming the inbox")
+        if not os.path.lexists(old):
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        if new.is_dir() and not old.is_dir():
+            raise asyncssh.SFTPFileIsADirectory("the target is a folder")
+        try:
+            await asyncio.to_thread(os.replace, old, new)
+        except OSError:
+            raise asyncssh.SFTPFailure("cannot rename") from None
+        await asyncio.to_thread(_fsync_dir, new.parent)
+
+    def readlink(self, path: bytes) -> bytes:
+        """Refused: no links exist here."""
+        self._refuse("readlink")
+        raise _deny("reading links")
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        """Refused: a link is the classic way out of a jail."""
+        self._refuse("symlink")
+        raise _deny("creating symbolic links")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        """Refused."""
+        self._refuse("link")
+        raise _deny("creating hard links")
+
+    def exit(self) -> None:
+        """The session ended: uploads never closed leave nothing behind."""
+        for upload in list(self._uploads):
+            self._uploads.discard(upload)
+            try:
+                os.close(upload.fd)
+            finally:
+                upload.temp.unlink(missing_ok=True)
+            self.log.info("sftp.upload_abandoned", file=upload.name, bytes=upload.size)
+
+
+def _hash_file(path: Path) -> hashlib._Hash:  # type: ignore[name-defined]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest
+
+
+def _publish(temp: Path, final: Path) -> None:
+    os.replace(temp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,292 @@
+"""The SFTP server schools push their exports to: asyncssh, extended at its own seams.
+
+`InboxSSHServer` (one per connection) admits connections (defender, limits),
+authenticates tenants and counts failures; `SftpService` holds what all
+connections share (tenants, defender, counters) and starts the listener with
+explicit modern algorithms and nothing but the `sftp` subsystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from ingestd.config import TenantConfig
+from ingestd.logging import get_logger
+from ingestd.sources.sftp.addresses import ip_allowed
+from ingestd.sources.sftp.auth import key_allowed, parse_public_keys, verify_password_async
+from ingestd.sources.sftp.defender import Defender
+from ingestd.sources.sftp.hostkeys import load_host_keys
+from ingestd.sources.sftp.jail import CompletedUpload, JailedSFTPServer, UploadLimits
+from ingestd.sources.sftp.settings import SftpConfig
+
+INBOX = "inbox"
+
+KEX_ALGS = [
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group-exchange-sha256",
+]
+ENCRYPTION_ALGS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+SIGNATURE_ALGS = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+]
+
+
+@dataclass(slots=True)
+class _Tenant:
+    config: TenantConfig
+    keys: list[asyncssh.SSHKey]
+
+
+@dataclass(slots=True)
+class SftpService:
+    """Everything the connections share; `start()` listens, `reload()` swaps tenants."""
+
+    config: SftpConfig
+    state_dir: Path
+    tenants: dict[str, TenantConfig]
+    on_upload: Callable[[CompletedUpload], None] | None = None
+    defender: Defender = field(init=False)
+    _tenants: dict[str, _Tenant] = field(init=False, default_factory=dict)
+    connections: Counter[str] = field(init=False, default_factory=Counter)  # per IP
+    sessions: Counter[str] = field(init=False, default_factory=Counter)  # per tenant
+    _server: asyncssh.SSHAcceptor | None = field(init=False, default=None)
+    _live: set[InboxSSHServer] = field(init=False, default_factory=set)
+    log: object = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.defender = Defender(self.config.defender)
+        self.reload(self.tenants)
+        self.log = get_logger()
+
+    def reload(self, tenants: dict[str, TenantConfig]) -> None:
+        """New tenant list: new schools can log in, removed ones cannot (sessions stay)."""
+        parsed = {}
+        for tenant_id, tenant in tenants.items():
+            if not tenant.enabled:
+                continue
+            parsed[tenant_id] = _Tenant(tenant, parse_public_keys(tenant.authorized_keys))
+            (self.state_dir / INBOX / tenant_id).mkdir(parents=True, exist_ok=True)
+        self._tenants = parsed
+        self.tenants = tenants
+
+    def tenant(self, username: str) -> _Tenant | None:
+        """The enabled tenant called `username`, if any."""
+        return self._tenants.get(username)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with `listen = "127.0.0.1:0"`)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        """Listen. Host keys are made on first start."""
+        keys = await asyncio.to_thread(load_host_keys, self.state_dir)
+        limits = UploadLimits(
+            max_file_bytes=self.config.max_file_bytes,
+            max_inbox_bytes=self.config.max_inbox_bytes,
+            min_free_bytes=self.config.min_free_bytes,
+        )
+
+        def sftp_factory(chan: asyncssh.SSHServerChannel) -> JailedSFTPServer:
+            tenant = chan.get_extra_info("username")
+            return JailedSFTPServer(
+                chan,
+                tenant=tenant,
+                root=self.state_dir / INBOX / tenant,
+                limits=limits,
+                on_upload=self.on_upload,
+            )
+
+        self._server = await asyncssh.listen(
+            self.config.host,
+            self.config.port,
+            server_factory=lambda: InboxSSHServer(self),
+            server_host_keys=keys,
+            sftp_factory=sftp_factory,
+            allow_scp=False,
+            allow_pty=False,
+            agent_forwarding=False,
+            gss_host=None,
+            kex_algs=KEX_ALGS,
+            encryption_algs=ENCRYPTION_ALGS,
+            mac_algs=MAC_ALGS,
+            signature_algs=SIGNATURE_ALGS,  # host key and client key signatures: no SHA-1
+            compression_algs=["none"],
+            login_timeout=self.config.login_timeout_seconds,
+            keepalive_interval=self.config.keepalive_seconds or None,
+            keepalive_count_max=3,
+            window=8 << 20,  # a larger window: fewer stalls on fast links (SFTP.md)
+            server_version="ingestd",
+        )
+        self.log.info("sftp.listening", address=self.config.host, port=self.port)
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, let sessions finish their uploads up to `grace_seconds`, then close."""
+        if self._server is None:
+            return
+        self._server.close()
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while self._live and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        for conn in list(self._live):
+            conn.close()
+        await self._server.wait_closed()
+        self._server = None
+
+
+class InboxSSHServer(asyncssh.SSHServer):
+    """One connection: admission, authentication, the audit trail."""
+
+    def __init__(self, service: SftpService) -> None:
+        self.service = service
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.ip = "?"
+        self.tenant: str | None = None
+        self.counted = False
+        self.log = get_logger()
+
+    def close(self) -> None:
+        """Drop the connection."""
+        if self.conn is not None:
+            self.conn.close()
+
+    # --- admission ---------------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Banned -> connection limits, before anything else happens."""
+        self.conn = conn
+        self.ip = (conn.get_extra_info("peername") or ("?", 0))[0]
+        self.log = get_logger(ip=self.ip)
+        service = self.service
+        reason = None
+        if service.defender.is_banned(self.ip):
+            reason = "banned"
+        elif sum(service.connections.values()) >= service.config.max_connections:
+            reason = "max_connections"
+        elif service.connections[self.ip] >= service.config.max_connections_per_ip:
+            reason = "max_connections_per_ip"
+        if reason:
+            self.log.warning("sftp.connection_refused", reason=reason)
+            conn.abort()
+            return
+        service.connections[self.ip] += 1
+        service._live.add(self)
+        self.counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the counters; a connection that never logged in counts as a failure."""
+        service = self.service
+        if not self.counted:
+            return
+        self.counted = False
+        service._live.discard(self)
+        service.connections[self.ip] -= 1
+        if service.connections[self.ip] <= 0:
+            del service.connections[self.ip]
+        if self.tenant is not None:
+            service.sessions[self.tenant] -= 1
+            if service.sessions[self.tenant] <= 0:
+                del service.sessions[self.tenant]
+            self.log.info("sftp.logout", tenant=self.tenant)
+        else:
+            service.defender.failed(self.ip, "no_login")
+
+    # --- authentication ------------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        """Every user must authenticate."""
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
+        """Keyboard-interactive as a password prompt (some clients only use this)."""
+        return "", "", "", [("Password: ", False)]
+
+    async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
+        if len(responses) != 1:
+            return False
+        return await self._password(username, responses[0], "keyboard-interactive")
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._password(username, password, "password")
+
+    async def _password(self, username: str, password: str, method: str) -> bool:
+        tenant = self.service.tenant(username)
+        stored = tenant.config.password_hash if tenant else None
+        ok = await verify_password_async(stored, password)  # same cost for unknown users
+        return self._decide(username, tenant, ok, method)
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Called once to probe and once with the signature: only the answer is given here;
+        # a refused key is not counted (clients offer several keys in turn).
+        tenant = self.service.tenant(username)
+        ok = tenant is not None and key_allowed(key, tenant.keys)
+        if ok:
+            return self._decide(username, tenant, True, "publickey", count_failure=False)
+        return False
+
+    def _decide(
+        self,
+        username: str,
+        tenant: _Tenant | None,
+        ok: bool,
+        method: str,
+        *,
+        count_failure: bool = True,
+    ) -> bool:
+        client = self.conn.get_extra_info("client_version") if self.conn else None
+        reason = None
+        if not ok:
+            reason = "unknown_user" if tenant is None else "wrong_credentials"
+        elif not ip_allowed(self.ip, tenant.config.allow_ips):
+            reason = "ip_not_allowed"
+        elif self.service.sessions[username] >= self.service.config.max_sessions_per_tenant:
+            reason = "max_sessions_per_tenant"
+        if reason:
+            self.log.warning(
+                "sftp.login_failed", tenant=username if tenant else None, method=method,
+                reason=reason, client=client,
+            )  # fmt: skip
+            if count_failure and reason != "max_sessions_per_tenant":
+                self.service.defender.failed(self.ip, reason)
+            return False
+        if self.tenant is None:
+            self.tenant = username
+            self.service.sessions[username] += 1
+        self.log = get_logger(ip=self.ip, tenant=username)
+        self.log.info("sftp.login", method=method, client=client)
+        return True

@@ -1,0 +1,49 @@
+"""[sftp] configuration: where the server listens and what it allows (no asyncssh import here)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ingestd.sources.sftp.defender import DefenderConfig
+
+
+class SftpConfig(BaseModel):
+    """[sftp]: the server schools push their exports to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "0.0.0.0:2222"
+    """host:port to listen on (port 0: any free port, for tests)."""
+    max_file_bytes: int = Field(default=2 << 30, gt=0)
+    """One uploaded file may not grow beyond this."""
+    max_inbox_bytes: int = Field(default=10 << 30, gt=0)
+    """A tenant's inbox (files waiting to be claimed) may not hold more than this."""
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
+    """Writes fail with a clear error when the disk's free space would drop below this."""
+    max_connections: int = Field(default=500, ge=1)
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    max_sessions_per_tenant: int = Field(default=10, ge=1)
+    login_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A connection that has not logged in by then is dropped."""
+    idle_timeout_seconds: float = Field(default=900.0, gt=0)
+    keepalive_seconds: float = Field(default=60.0, ge=0)
+    """Keepalive requests to the client (0: none); 3 unanswered ones drop it."""
+    defender: DefenderConfig = Field(default_factory=DefenderConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:2222")
+        return value
+
+    @property
+    def host(self) -> str:
+        """The host part of `listen` (brackets of an IPv6 literal removed)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The port part of `listen`."""
+        return int(self.listen.rpartition(":")[2])
