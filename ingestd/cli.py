@@ -73,6 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
         q = sets_sub.add_parser(action, help=text)
         q.add_argument("set_id")
 
+    sub.add_parser("run", help="run the daemon (foreground; systemd Type=notify)")
+    sub.add_parser("hostkeys", help="print the SFTP host keys' SHA256 fingerprints")
+
+    p = sub.add_parser("tenant", help="add, list, remove schools; set their SFTP password")
+    tenant_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = tenant_sub.add_parser("add", help="add a school and print its connection details")
+    q.add_argument("tenant_id")
+    q.add_argument("--name", default="")
+    secret = q.add_mutually_exclusive_group()
+    secret.add_argument("--generate-password", action="store_true")
+    secret.add_argument("--password-stdin", action="store_true")
+    q.add_argument("--public-key", type=Path, action="append", default=[], metavar="FILE")
+    q.add_argument("--allow-ip", action="append", default=[], metavar="CIDR")
+    q = tenant_sub.add_parser("passwd", help="set a new SFTP password")
+    q.add_argument("tenant_id")
+    secret = q.add_mutually_exclusive_group()
+    secret.add_argument("--generate-password", action="store_true")
+    secret.add_argument("--password-stdin", action="store_true")
+    tenant_sub.add_parser("list", help="the schools and their last accepted set")
+    q = tenant_sub.add_parser("remove", help="remove a school (its data is kept)")
+    q.add_argument("tenant_id")
+
     p = sub.add_parser("diff", help="what would change if NEW followed OLD (no state)")
     p.add_argument("old", type=Path)
     p.add_argument("new", type=Path)
@@ -119,6 +141,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sets(args)
     if args.command == "diff":
         return _diff(args)
+    if args.command == "run":
+        import asyncio
+
+        from ingestd.daemon import run_daemon
+
+        return asyncio.run(run_daemon(_config(args)))
+    if args.command == "hostkeys":
+        return _hostkeys(args)
+    if args.command == "tenant":
+        return _tenant(args)
     raise UsageError(f"unknown command {args.command!r}")
 
 
@@ -272,4 +304,121 @@ def _diff(args: argparse.Namespace) -> int:
             f"{entity:<17} {c['prior_rows']:>9} {c['rows']:>9} {c['created']:>8} "
             f"{c['updated']:>8} {c['deleted']:>8}"
         )
+    return EXIT_OK
+
+
+def _hostkeys(args: argparse.Namespace) -> int:
+    from ingestd.sources.sftp.hostkeys import fingerprints, load_host_keys
+
+    config = _config(args)
+    for alg, fp in fingerprints(load_host_keys(config.daemon.state_dir)):
+        print(f"{alg:<12} {fp}")
+    return EXIT_OK
+
+
+def _tenant(args: argparse.Namespace) -> int:
+    from ingestd import tenants
+
+    config = _config(args)
+    if config.tenants_dir is None:
+        raise UsageError("tenants live in tenants.d/ beside the config file: pass --config")
+    folder = config.tenants_dir
+    if args.action == "list":
+        return _tenant_list(config)
+    if args.action == "remove":
+        path = tenants.remove_tenant(folder, args.tenant_id)
+        print(f"removed {path}; the school's inbox, sets and events are kept")
+        print("reload the daemon (systemctl reload ingestd, or SIGHUP) to refuse its logins")
+        return EXIT_OK
+    password = _new_password(args)
+    from ingestd.sources.sftp.auth import hash_password
+
+    if args.action == "passwd":
+        if password is None:
+            raise UsageError("give --generate-password or --password-stdin")
+        data = tenants.read_tenant(folder, args.tenant_id)
+        data["password_hash"] = hash_password(password)
+        tenants.write_tenant(folder, args.tenant_id, data, new=False)
+        if args.generate_password:
+            print(f"password: {password}")
+        print("reload the daemon (systemctl reload ingestd, or SIGHUP) to use it")
+        return EXIT_OK
+    data: dict = {"name": args.name}
+    if password is not None:
+        data["password_hash"] = hash_password(password)
+    keys = []
+    for key_file in args.public_key:
+        try:
+            keys += [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"{key_file}: {exc.strerror}") from None
+    if keys:
+        data["authorized_keys"] = keys
+    if args.allow_ip:
+        data["allow_ips"] = args.allow_ip
+    if password is None and not keys:
+        raise UsageError("a school needs a password or a public key to log in")
+    try:
+        path = tenants.write_tenant(folder, args.tenant_id, data, new=True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _connection_details(config, args.tenant_id, password if args.generate_password else None)
+    print(f"(written to {path}; reload the daemon to let the school in)")
+    return EXIT_OK
+
+
+def _new_password(args: argparse.Namespace) -> str | None:
+    from ingestd.sources.sftp.auth import generate_password
+
+    if getattr(args, "generate_password", False):
+        return generate_password()
+    if getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 12:
+            raise UsageError("the password must have at least 12 characters")
+        return password
+    return None
+
+
+def _connection_details(config: Config, tenant_id: str, password: str | None) -> None:
+    import socket
+
+    from ingestd.sources.sftp.hostkeys import fingerprints, load_host_keys
+
+    host = config.sftp.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    print("SFTP connection for the school's SIS (Skyward: Export > SFTP settings):")
+    print(f"  host:     {host}")
+    print(f"  port:     {config.sftp.port}")
+    print(f"  username: {tenant_id}")
+    if password:
+        print(f"  password: {password}   (shown once; only a hash is stored)")
+    print("  folder:   /  (upload the OneRoster files, or one zip, here)")
+    print("  host key fingerprints (check them on first connection):")
+    for alg, fp in fingerprints(load_host_keys(config.daemon.state_dir)):
+        print(f"    {alg:<12} {fp}")
+
+
+def _tenant_list(config: Config) -> int:
+    from datetime import UTC, datetime
+
+    last: dict[str, str | None] = {}
+    db = config.daemon.state_dir / "ingestd.db"
+    if db.exists():
+        with EventStore(db) as store:
+            last = {t: when for t, _, when in store.tenants()}
+    print(f"{'TENANT':<24} {'AUTH':<14} {'LAST ACCEPTED SET':<26} AGE")
+    for tenant_id, tenant in sorted(config.tenants.items()):
+        auth = "+".join(
+            m
+            for m, on in (("password", tenant.password_hash), ("key", tenant.authorized_keys))
+            if on
+        )
+        when = last.get(tenant_id)
+        age = ""
+        if when:
+            seconds = (datetime.now(UTC) - datetime.fromisoformat(when)).total_seconds()
+            age = f"{seconds / 3600:.1f} h"
+        print(f"{tenant_id:<24} {auth or '-':<14} {when or 'never':<26} {age}")
     return EXIT_OK
