@@ -102,8 +102,10 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         root: Path,
         limits: UploadLimits,
         on_upload: Callable[[CompletedUpload], None] | None = None,
+        on_activity: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(chan)
+        self.on_activity = on_activity
         self.tenant = tenant
         self.root = Path(os.path.realpath(root))
         self.limits = limits
@@ -115,6 +117,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     def _virtual(self, path: bytes) -> str:
         """The normalized client path, always absolute under the virtual `/`."""
+        self._active()
         if len(path) > MAX_PATH_BYTES or b"\0" in path:
             raise asyncssh.SFTPInvalidFilename("invalid path")
         try:
@@ -307,7 +310,12 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         self._uploads.add(upload)
         return upload
 
+    def _active(self) -> None:
+        if self.on_activity is not None:
+            self.on_activity()
+
     def _upload(self, file_obj: object) -> _Upload:
+        self._active()
         if not isinstance(file_obj, _Upload) or file_obj not in self._uploads:
             raise asyncssh.SFTPInvalidHandle("invalid handle")
         return file_obj

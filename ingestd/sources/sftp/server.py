@@ -9,6 +9,7 @@ explicit modern algorithms and nothing but the `sftp` subsystem.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class SftpService:
     _server: asyncssh.SSHAcceptor | None = field(init=False, default=None)
     _live: set[InboxSSHServer] = field(init=False, default_factory=set)
     log: object = field(init=False, default=None)
+    _reaper: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.defender = Defender(self.config.defender)
@@ -115,12 +117,14 @@ class SftpService:
 
         def sftp_factory(chan: asyncssh.SSHServerChannel) -> JailedSFTPServer:
             tenant = chan.get_extra_info("username")
+            owner = chan.get_connection().get_owner()
             return JailedSFTPServer(
                 chan,
                 tenant=tenant,
                 root=self.state_dir / INBOX / tenant,
                 limits=limits,
                 on_upload=self.on_upload,
+                on_activity=owner.touch if isinstance(owner, InboxSSHServer) else None,
             )
 
         self._server = await asyncssh.listen(
@@ -144,12 +148,27 @@ class SftpService:
             window=8 << 20,  # a larger window: fewer stalls on fast links (SFTP.md)
             server_version="ingestd",
         )
+        self._reaper = asyncio.create_task(self._reap_idle(), name="sftp-idle-reaper")
         self.log.info("sftp.listening", address=self.config.host, port=self.port)
+
+    async def _reap_idle(self) -> None:
+        """Close connections with no SFTP request for `idle_timeout_seconds` (asyncssh has
+        no idle timeout of its own; an upload in progress is activity)."""
+        limit = self.config.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(30.0, max(limit / 4, 0.05)))
+            now = time.monotonic()
+            for conn in list(self._live):
+                if conn.tenant is not None and now - conn.last_activity > limit:
+                    conn.log.info("sftp.idle_timeout", seconds=limit)
+                    conn.close()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop accepting, let sessions finish their uploads up to `grace_seconds`, then close."""
         if self._server is None:
             return
+        if self._reaper is not None:
+            self._reaper.cancel()
         self._server.close()
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self._live and asyncio.get_running_loop().time() < deadline:
@@ -169,7 +188,12 @@ class InboxSSHServer(asyncssh.SSHServer):
         self.ip = "?"
         self.tenant: str | None = None
         self.counted = False
+        self.last_activity = time.monotonic()
         self.log = get_logger()
+
+    def touch(self) -> None:
+        """An SFTP request arrived: the connection is not idle."""
+        self.last_activity = time.monotonic()
 
     def close(self) -> None:
         """Drop the connection."""
