@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ingestd.config import validate_tenant_id
 from ingestd.errors import UsageError
+from ingestd.fsutil import fsync_path
 from ingestd.ids import new_ulid
 
 SETS = "sets"
@@ -75,7 +76,7 @@ def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, s
     copied = [p for p in raw.rglob("*") if p.is_file()]
     sha = digest(copied, raw)
     os.replace(temp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     return set_id, final, sha
 
 
@@ -91,7 +92,7 @@ def claim_move(state_dir: Path, tenant: str, files: list[Path]) -> tuple[str, Pa
         os.replace(p, raw / p.name)
     sha = digest([raw / p.name for p in files], raw)
     os.replace(temp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     return set_id, final, sha
 
 
@@ -131,13 +132,5 @@ def tenant_lock(state_dir: Path, tenant: str) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ingestd.fsutil import fsync_path
 from ingestd.oneroster import spec
 
 SNAPSHOTS = "snapshots"
@@ -36,12 +37,12 @@ def write_snapshot(
     for entity, frame in tables.items():
         path = temp / f"{entity}.parquet"
         frame.write_parquet(path, compression="lz4", statistics=False)  # fastest to read back
-        _fsync(path)
-    _fsync(temp)
+        fsync_path(path)
+    fsync_path(temp)
     if final.exists():  # a crashed earlier attempt of this same set
         shutil.rmtree(final)
     os.replace(temp, final)
-    _fsync(parent)
+    fsync_path(parent)
     return final
 
 
@@ -73,11 +74,3 @@ def prune_snapshots(state_dir: Path, tenant: str, keep: set[str], retention: int
         shutil.rmtree(parent / name, ignore_errors=True)
         removed.append(name)
     return removed
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

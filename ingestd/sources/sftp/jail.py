@@ -37,6 +37,7 @@ from asyncssh import (
     SFTPVFSAttrs,
 )
 
+from ingestd.fsutil import fsync_path
 from ingestd.logging import get_logger
 
 TEMP_PREFIX = ".ingestd-upload-"  # hidden from the client and ignored by the inbox watcher
@@ -454,7 +455,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             await asyncio.to_thread(os.replace, old, new)
         except OSError:
             raise asyncssh.SFTPFailure("cannot rename") from None
-        await asyncio.to_thread(_fsync_dir, new.parent)
+        await asyncio.to_thread(fsync_path, new.parent)
 
     def readlink(self, path: bytes) -> bytes:
         """Refused: no links exist here."""
@@ -506,12 +507,4 @@ def _hash_file(path: Path) -> hashlib._Hash:  # type: ignore[name-defined]
 
 def _publish(temp: Path, final: Path) -> None:
     os.replace(temp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(final.parent)
