@@ -31,6 +31,7 @@ from asyncssh import (
     FXF_CREAT,
     FXF_EXCL,
     FXF_READ,
+    FXF_TRUNC,
     FXF_WRITE,
     SFTPAttrs,
     SFTPName,
@@ -89,6 +90,7 @@ class _Upload:
     in_order: bool = True
     pending: bytearray = field(default_factory=bytearray)  # contiguous bytes not yet written
     pending_at: int = 0
+    failed: str | None = None  # why a write failed: the upload is never published
 
 
 def _deny(what: str) -> asyncssh.SFTPPermissionDenied:
@@ -277,7 +279,11 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         if pflags & FXF_APPEND:
             raise asyncssh.SFTPOpUnsupported("append (resume) is not supported; upload again")
         return await self._start_upload(
-            virtual, final, create=bool(pflags & FXF_CREAT), exclusive=bool(pflags & FXF_EXCL)
+            virtual,
+            final,
+            create=bool(pflags & FXF_CREAT),
+            exclusive=bool(pflags & FXF_EXCL),
+            truncate=bool(pflags & FXF_TRUNC),
         )
 
     async def open56(
@@ -294,14 +300,23 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             final,
             create=disposition != _OPEN_EXISTING and disposition != _TRUNCATE_EXISTING,
             exclusive=disposition == _CREATE_NEW,
+            truncate=disposition in (_CREATE_TRUNCATE, _TRUNCATE_EXISTING),
         )
 
-    async def _start_upload(self, virtual: str, final: Path, *, create: bool, exclusive: bool):
+    async def _start_upload(
+        self, virtual: str, final: Path, *, create: bool, exclusive: bool, truncate: bool
+    ) -> _Upload:
         if virtual == "/" or final.is_dir():
             raise asyncssh.SFTPFileIsADirectory("is a folder")
         exists = final.exists()
         if exclusive and exists:
             raise asyncssh.SFTPFileAlreadyExists("already exists")
+        if exists and not truncate:
+            # Every upload is a whole new file (nothing is ever read back), so writing into
+            # part of an existing one cannot be honoured.
+            raise asyncssh.SFTPOpUnsupported(
+                "changing part of an existing file is not supported; upload the whole file"
+            )
         if not exists and not create:
             raise asyncssh.SFTPNoSuchFile("no such file")
         if not final.parent.is_dir():
@@ -334,14 +349,20 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         """Write at `offset` (off the event loop), within the file, inbox and disk limits."""
         upload = self._upload(file_obj)
         end = offset + len(data)
-        if end > self.limits.max_file_bytes:
-            self._refuse("file over max_file_bytes", upload.name)
-            raise asyncssh.SFTPQuotaExceeded(
-                f"file too large: the limit is {self.limits.max_file_bytes} bytes"
-            )
-        grow = max(0, end - upload.size)
-        if grow:
-            await self._check_space(grow, upload)
+        if upload.failed:
+            raise asyncssh.SFTPFailure(upload.failed)
+        try:
+            if end > self.limits.max_file_bytes:
+                self._refuse("file over max_file_bytes", upload.name)
+                raise asyncssh.SFTPQuotaExceeded(
+                    f"file too large: the limit is {self.limits.max_file_bytes} bytes"
+                )
+            grow = max(0, end - upload.size)
+            if grow:
+                await self._check_space(grow, upload)
+        except asyncssh.SFTPError as exc:
+            upload.failed = exc.reason
+            raise
         # Clients write in order, 32-256 KiB a request: gather contiguous writes and hand
         # the disk 1 MiB at a time, instead of one thread hop per request. The bytes are
         # safe only after close() anyway (fsync, then rename).
@@ -397,6 +418,13 @@ class JailedSFTPServer(asyncssh.SFTPServer):
     async def close(self, file_obj: object) -> None:
         """Finish an upload: fsync, rename into place, fsync the folder, tell the watcher."""
         upload = self._upload(file_obj)
+        if upload.failed or self._session_over():
+            # A write failed, or the connection went away with the file still open (asyncssh
+            # closes open handles when a session ends): never publish a partial file.
+            self._abandon(upload)
+            if upload.failed:
+                raise asyncssh.SFTPFailure(f"upload discarded: {upload.failed}")
+            return
         self._uploads.discard(upload)
         try:
             await self._flush(upload)
@@ -451,6 +479,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSuchFile("no such file")
         if new.is_dir() and not old.is_dir():
             raise asyncssh.SFTPFileIsADirectory("the target is a folder")
+        if old.is_dir() and await asyncio.to_thread(_holds_uploads, old):
+            raise asyncssh.SFTPFailure("a file is being uploaded in this folder; try later")
         try:
             await asyncio.to_thread(os.replace, old, new)
         except OSError:
@@ -475,12 +505,27 @@ class JailedSFTPServer(asyncssh.SFTPServer):
     def exit(self) -> None:
         """The session ended: uploads never closed leave nothing behind."""
         for upload in list(self._uploads):
-            self._uploads.discard(upload)
-            try:
-                os.close(upload.fd)
-            finally:
-                upload.temp.unlink(missing_ok=True)
-            self.log.info("sftp.upload_abandoned", file=upload.name, bytes=upload.size)
+            self._abandon(upload)
+
+    def _session_over(self) -> bool:
+        # asyncssh has no public "is this channel closing": its states say whether the
+        # client is gone (a close request from a live client arrives on an open channel).
+        chan = self.channel
+        return getattr(chan, "_recv_state", "open") in ("eof", "closed") or getattr(
+            chan, "_send_state", "open"
+        ) in ("close_pending", "closed")
+
+    def _abandon(self, upload: _Upload) -> None:
+        if upload not in self._uploads:
+            return
+        self._uploads.discard(upload)
+        try:
+            os.close(upload.fd)
+        finally:
+            upload.temp.unlink(missing_ok=True)
+        self.log.info(
+            "sftp.upload_abandoned", file=upload.name, bytes=upload.size, reason=upload.failed
+        )
 
 
 def _write(upload: _Upload, offset: int, data: bytes) -> int:
@@ -495,6 +540,22 @@ def _write(upload: _Upload, offset: int, data: bytes) -> int:
     else:
         upload.in_order = False  # hashed again from disk on close
     return written
+
+
+def _holds_uploads(folder: Path) -> bool:
+    """True when an upload in progress (of any session) writes inside `folder`."""
+    return any(name.startswith(TEMP_PREFIX) for _, _, files in os.walk(folder) for name in files)
+
+
+def remove_stale_uploads(root: Path) -> int:
+    """Remove the temp files of uploads a previous run never finished; returns how many."""
+    count = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                Path(folder, name).unlink(missing_ok=True)
+                count += 1
+    return count
 
 
 def _hash_file(path: Path) -> hashlib._Hash:  # type: ignore[name-defined]

@@ -23,7 +23,12 @@ from ingestd.sources.sftp.addresses import ip_allowed
 from ingestd.sources.sftp.auth import key_allowed, parse_public_keys, verify_password_async
 from ingestd.sources.sftp.defender import Defender
 from ingestd.sources.sftp.hostkeys import load_host_keys
-from ingestd.sources.sftp.jail import CompletedUpload, JailedSFTPServer, UploadLimits
+from ingestd.sources.sftp.jail import (
+    CompletedUpload,
+    JailedSFTPServer,
+    UploadLimits,
+    remove_stale_uploads,
+)
 from ingestd.sources.sftp.settings import SftpConfig
 
 INBOX = "inbox"
@@ -107,8 +112,12 @@ class SftpService:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
-        """Listen. Host keys are made on first start."""
+        """Listen. Host keys are made on first start; temp files of uploads that a previous
+        run never finished are removed (no session can own them now)."""
         keys = await asyncio.to_thread(load_host_keys, self.state_dir)
+        stale = await asyncio.to_thread(remove_stale_uploads, self.state_dir / INBOX)
+        if stale:
+            self.log.info("sftp.stale_uploads_removed", count=stale)
         limits = UploadLimits(
             max_file_bytes=self.config.max_file_bytes,
             max_inbox_bytes=self.config.max_inbox_bytes,
@@ -188,6 +197,7 @@ class InboxSSHServer(asyncssh.SSHServer):
         self.ip = "?"
         self.tenant: str | None = None
         self.counted = False
+        self.attempted = False  # a password or key was tried (scored on its own)
         self.last_activity = time.monotonic()
         self.log = get_logger()
 
@@ -238,7 +248,7 @@ class InboxSSHServer(asyncssh.SSHServer):
             if service.sessions[self.tenant] <= 0:
                 del service.sessions[self.tenant]
             self.log.info("sftp.logout", tenant=self.tenant)
-        else:
+        elif not self.attempted:  # a failed attempt was counted already; a slow check is not one
             service.defender.failed(self.ip, "no_login")
 
     # --- authentication ------------------------------------------------------------------
@@ -269,6 +279,7 @@ class InboxSSHServer(asyncssh.SSHServer):
         return await self._password(username, password, "password")
 
     async def _password(self, username: str, password: str, method: str) -> bool:
+        self.attempted = True
         tenant = self.service.tenant(username)
         stored = tenant.config.password_hash if tenant else None
         ok = await verify_password_async(stored, password)  # same cost for unknown users
@@ -311,6 +322,6 @@ class InboxSSHServer(asyncssh.SSHServer):
         if self.tenant is None:
             self.tenant = username
             self.service.sessions[username] += 1
-        self.log = get_logger(ip=self.ip, tenant=username)
-        self.log.info("sftp.login", method=method, client=client)
+            self.log = get_logger(ip=self.ip, tenant=username)
+            self.log.info("sftp.login", method=method, client=client)
         return True
