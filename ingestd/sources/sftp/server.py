@@ -155,6 +155,7 @@ class SftpService:
             keepalive_interval=self.config.keepalive_seconds or None,
             keepalive_count_max=3,
             window=8 << 20,  # a larger window: fewer stalls on fast links (SFTP.md)
+            max_pktsize=256 << 10,  # a 32 KiB SFTP write then fits one SSH packet, not two
             server_version="ingestd",
         )
         self._reaper = asyncio.create_task(self._reap_idle(), name="sftp-idle-reaper")
