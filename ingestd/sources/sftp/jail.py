@@ -109,9 +109,11 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         limits: UploadLimits,
         on_upload: Callable[[CompletedUpload], None] | None = None,
         on_activity: Callable[[], None] | None = None,
+        on_exit: Callable[[JailedSFTPServer], None] | None = None,
     ) -> None:
         super().__init__(chan)
         self.on_activity = on_activity
+        self.on_exit = on_exit
         self.tenant = tenant
         self.root = Path(os.path.realpath(root))
         self.limits = limits
@@ -502,10 +504,17 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         self._refuse("link")
         raise _deny("creating hard links")
 
+    @property
+    def open_uploads(self) -> int:
+        """Uploads opened and not yet closed."""
+        return len(self._uploads)
+
     def exit(self) -> None:
         """The session ended: uploads never closed leave nothing behind."""
         for upload in list(self._uploads):
             self._abandon(upload)
+        if self.on_exit is not None:
+            self.on_exit(self)
 
     def _session_over(self) -> bool:
         # asyncssh has no public "is this channel closing": its states say whether the

@@ -82,6 +82,7 @@ class SftpService:
     sessions: Counter[str] = field(init=False, default_factory=Counter)  # per tenant
     _server: asyncssh.SSHAcceptor | None = field(init=False, default=None)
     _live: set[InboxSSHServer] = field(init=False, default_factory=set)
+    _jails: set[JailedSFTPServer] = field(init=False, default_factory=set)  # open SFTP sessions
     log: object = field(init=False, default=None)
     _reaper: asyncio.Task[None] | None = field(init=False, default=None)
 
@@ -100,6 +101,10 @@ class SftpService:
             (self.state_dir / INBOX / tenant_id).mkdir(parents=True, exist_ok=True)
         self._tenants = parsed
         self.tenants = tenants
+
+    def uploads_in_flight(self) -> int:
+        """Files being uploaded right now, over all sessions."""
+        return sum(jail.open_uploads for jail in list(self._jails))
 
     def tenant(self, username: str) -> _Tenant | None:
         """The enabled tenant called `username`, if any."""
@@ -127,14 +132,17 @@ class SftpService:
         def sftp_factory(chan: asyncssh.SSHServerChannel) -> JailedSFTPServer:
             tenant = chan.get_extra_info("username")
             owner = chan.get_connection().get_owner()
-            return JailedSFTPServer(
+            jail = JailedSFTPServer(
                 chan,
                 tenant=tenant,
                 root=self.state_dir / INBOX / tenant,
                 limits=limits,
                 on_upload=self.on_upload,
                 on_activity=owner.touch if isinstance(owner, InboxSSHServer) else None,
+                on_exit=self._jails.discard,
             )
+            self._jails.add(jail)
+            return jail
 
         self._server = await asyncssh.listen(
             self.config.host,
@@ -174,15 +182,18 @@ class SftpService:
                     conn.close()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """Stop accepting, let sessions finish their uploads up to `grace_seconds`, then close."""
+        """Stop accepting, let uploads in flight finish up to `grace_seconds`, then close
+        every connection (an upload cut off leaves nothing behind)."""
         if self._server is None:
             return
         if self._reaper is not None:
             self._reaper.cancel()
         self._server.close()
         deadline = asyncio.get_running_loop().time() + grace_seconds
-        while self._live and asyncio.get_running_loop().time() < deadline:
+        while self.uploads_in_flight() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
+        if self.uploads_in_flight():
+            self.log.warning("sftp.stop_cut_uploads", uploads=self.uploads_in_flight())
         for conn in list(self._live):
             conn.close()
         await self._server.wait_closed()
