@@ -281,6 +281,10 @@ class EventStore:
             args.append(limit)
         return [_set_row(r) for r in self.db.execute(sql, args)]
 
+    def set_ids(self) -> set[str]:
+        """The ids of every set recorded (cheap: no summaries parsed)."""
+        return {row[0] for row in self.db.execute("SELECT id FROM sets")}
+
     def pending_sets(self) -> list[SetRow]:
         """Sets left `received` (claimed, not decided), oldest first."""
         rows = self.db.execute(

@@ -112,11 +112,11 @@ def validate_raw(
                 "fix the errors listed for this file and export again",
                 file=table.name,
             )
-        out.dropped_ids[entity] = _dropped_ids(table, frame) if total_dropped else []
+        out.dropped_ids[entity] = []
         if total_dropped:
-            out.dropped_rows[entity] = table.frame.join(
-                frame.select(LINE), on=LINE, how="anti"
-            ).drop(LINE)
+            dropped = table.frame.join(frame.select(LINE), on=LINE, how="anti").drop(LINE)
+            out.dropped_rows[entity] = dropped
+            out.dropped_ids[entity] = _dropped_ids(dropped, frame)
         out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
         out.modes[entity] = modes[entity]
     return out
@@ -309,9 +309,9 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
 # --- clean output ------------------------------------------------------------------------
 
 
-def _dropped_ids(table: RawTable, kept: pl.DataFrame) -> list[str]:
-    """sourcedIds the file had but the clean table lost (readable ids of dropped rows)."""
-    ids = table.frame.select(pl.col("sourcedId").drop_nulls().unique(maintain_order=True))
+def _dropped_ids(dropped: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
+    """sourcedIds of dropped rows that the clean table lost (a merged duplicate keeps its id)."""
+    ids = dropped.select(pl.col("sourcedId").drop_nulls().unique(maintain_order=True))
     return ids.filter(~pl.col("sourcedId").is_in(kept["sourcedId"].implode()))[
         "sourcedId"
     ].to_list()

@@ -45,7 +45,6 @@ def compare_sets(old: Path, new: Path, policy: TenantPolicy | None = None) -> Co
                     before.tables.get(entity),
                     after.tables.get(entity),
                     mode=after.modes.get(entity, "bulk"),
-                    keep_ids=after.dropped_ids.get(entity),
                     keep_rows=after.dropped_rows.get(entity),
                     options=policy.diff,
                 )

@@ -128,13 +128,13 @@ def diff_entity(
         deleted = gone
         state = live
         # Invalid rows (the validator dropped them) keep their last good version: no delete.
-        # They are found by sourcedId, or by the natural key when that is what matches rows.
+        # They are matched on the same key as every other row (sourcedId, or the natural key).
+        if keep_rows is None and keep_ids:
+            keep_rows = pl.DataFrame({"sourcedId": keep_ids}, schema={"sourcedId": pl.String})
         carried = gone.clear()
-        if keep_rows is not None and not keep_rows.is_empty() and key != ["sourcedId"]:
+        if keep_rows is not None and set(key) <= set(keep_rows.columns):
             usable = keep_rows.select(key).drop_nulls()
             carried = gone.join(usable, on=key, how="semi", maintain_order="left")
-        elif keep_ids:
-            carried = gone.filter(pl.col("sourcedId").is_in(pl.Series(keep_ids).implode()))
         if not carried.is_empty():
             kept = carried.height
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")

@@ -121,7 +121,7 @@ class Pipeline:
 
     def recover(self) -> list[SetOutcome]:
         """Adopt set folders a crash left unrecorded, then process every `received` set."""
-        known = {row.id for row in self.store.list_sets()}
+        known = self.store.set_ids()
         for tenant, set_id, folder in sets.orphan_sets(self.state_dir, known):
             raw = folder / sets.RAW
             files = [p for p in raw.rglob("*") if p.is_file()]
@@ -241,6 +241,8 @@ class Pipeline:
         )
         summary["counts"] = counts
         summary["kept_invalid_rows"] = {e: d.kept_rows for e, d in diffs.items() if d.kept_rows}
+        if notes := {e: d.notes for e, d in diffs.items() if d.notes}:
+            summary["notes"] = notes  # e.g. the natural key was not unique today
         if reasons and not approved:
             summary.update(status="held", reasons=[r.to_dict() for r in reasons])
             rng = self.store.decide_set(
@@ -285,7 +287,6 @@ class Pipeline:
                 old.get(entity),
                 new,
                 mode=result.modes.get(entity, "bulk"),
-                keep_ids=result.dropped_ids.get(entity),
                 keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
             )
