@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("set_id")
 
     sub.add_parser("run", help="run the daemon (foreground; systemd Type=notify)")
+    p = sub.add_parser("demo", help="the whole loop on this machine, in a folder of its own")
+    p.add_argument("--dir", type=Path, metavar="DIR", help="where (default: a new temp folder)")
+    p.add_argument("--students", type=int, default=200, metavar="N")
     sub.add_parser("hostkeys", help="print the SFTP host keys' SHA256 fingerprints")
 
     p = sub.add_parser("tenant", help="add, list, remove schools; set their SFTP password")
@@ -147,11 +150,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ingestd.daemon import run_daemon
 
         return asyncio.run(run_daemon(_config(args)))
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "hostkeys":
         return _hostkeys(args)
     if args.command == "tenant":
         return _tenant(args)
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ingestd.demo import run_demo
+
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="ingestd-demo-"))
+    return run_demo(folder.resolve(), students=args.students)
 
 
 def _validate(args: argparse.Namespace) -> int:

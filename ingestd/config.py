@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from ingestd.errors import ConfigError
 from ingestd.oneroster import spec
@@ -26,6 +26,24 @@ DEFAULT_STATE_DIR = Path("/var/lib/ingestd")
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 Percent = Annotated[float, Field(ge=0, le=100)]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (seconds) or a string such as "90s", "15m", "6h", "2d"."""
+    if isinstance(value, bool):
+        raise ValueError('must be a duration such as 120, "15m", "6h" or "2d"')
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError('must be a duration such as 120, "15m", "6h" or "2d"')
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+"""Seconds; TOML may say 120, "90s", "15m", "6h" or "2d"."""
 
 
 class _Section(BaseModel):
@@ -47,6 +65,9 @@ class DaemonConfig(_Section):
     """auto = readable on a terminal, JSON lines otherwise (journald, files, pipes)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """The least severe level logged."""
+    set_timeout: Duration = 2 * 3600.0
+    """A set still being processed after this long counts as stuck: the systemd watchdog
+    is no longer fed, so systemd restarts ingestd and the set is processed again."""
 
 
 class IngestConfig(_Section):
@@ -56,6 +77,12 @@ class IngestConfig(_Section):
     """A file whose dropped rows exceed this share of its rows rejects the whole set."""
     settle_seconds: float = Field(default=120.0, ge=0)
     """Loose files form a set once no file of the tenant's inbox changed for this long."""
+    incomplete_after: Duration = 6 * 3600.0
+    """Some but not all required files waiting this long: emit `sets.incomplete` (once)."""
+    stale_after: Duration = 36 * 3600.0
+    """A tenant that delivered before with no accepted set for this long: `sets.stale`."""
+    max_parallel_sets: int = Field(default=2, ge=1, le=64)
+    """Sets processed at once (of different tenants; one tenant's sets go one at a time)."""
     required_files: list[str] = Field(default_factory=lambda: list(spec.ENTITY_NAMES))
     """Entities a set must carry when it has no manifest.csv (a manifest decides otherwise)."""
     max_zip_total_bytes: int = Field(default=2 << 30, gt=0)
@@ -133,6 +160,10 @@ class TenantConfig(_Section):
     """A human name, e.g. the school's."""
     enabled: bool = True
     safeguards: TenantSafeguards = Field(default_factory=TenantSafeguards)
+    required_files: list[str] | None = None
+    """Entities this tenant's sets must carry without a manifest (default: [ingest])."""
+    settle_seconds: float | None = Field(default=None, ge=0)
+    """Override of [ingest] settle_seconds for this tenant's inbox."""
     enrollment_key: Literal["sourcedId", "natural"] = "sourcedId"
     """`natural`: match enrollments on class + user + role (for SIS that renumber them daily)."""
     password_hash: str | None = None
@@ -141,12 +172,26 @@ class TenantConfig(_Section):
     """OpenSSH public keys allowed to log in as this tenant (`ssh-ed25519 AAAA... comment`)."""
     allow_ips: list[str] = Field(default_factory=list)
     """CIDRs the school's SIS connects from (empty: anywhere)."""
+    legacy_algorithms: bool = False
+    """Allow ssh-rsa (SHA-1) signatures for this tenant's public keys and let it use the
+    legacy SFTP listener (`[sftp] legacy_listen`); for SIS clients too old for SHA-2."""
 
     @field_validator("password_hash")
     @classmethod
     def _argon2(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("$argon2id$"):
             raise ValueError("must be an argon2id hash: set it with `ingestd tenant passwd`")
+        return value
+
+    @field_validator("required_files")
+    @classmethod
+    def _known_entities(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            unknown = [v for v in value if v not in spec.ENTITY_NAMES]
+            if unknown:
+                raise ValueError(
+                    f"unknown entities {unknown}; valid: {', '.join(spec.ENTITY_NAMES)}"
+                )
         return value
 
     @field_validator("allow_ips")

@@ -81,7 +81,7 @@ def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, s
 
 
 def claim_move(state_dir: Path, tenant: str, files: list[Path]) -> tuple[str, Path, str]:
-    """Move files (of one filesystem, e.g. from the inbox) into a new set folder."""
+    """Move files or folders (of one filesystem, e.g. from the inbox) into a new set folder."""
     validate_tenant_id(tenant)
     set_id = new_ulid()
     final = set_dir(state_dir, tenant, set_id)
@@ -90,7 +90,10 @@ def claim_move(state_dir: Path, tenant: str, files: list[Path]) -> tuple[str, Pa
     raw.mkdir(parents=True)
     for p in files:
         os.replace(p, raw / p.name)
-    sha = digest([raw / p.name for p in files], raw)
+    moved = [raw / p.name for p in files]
+    sha = digest(
+        [q for p in moved for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file()], raw
+    )
     os.replace(temp, final)
     fsync_path(final.parent)
     return set_id, final, sha
