@@ -4,6 +4,14 @@
 authenticates tenants and counts failures; `SftpService` holds what all
 connections share (tenants, defender, counters) and starts the listener with
 explicit modern algorithms and nothing but the `sftp` subsystem.
+
+Legacy algorithms: key exchange, ciphers, MACs and the host key algorithm are
+agreed before the client says who it is, so they cannot depend on the tenant.
+A tenant with `legacy_algorithms = true` may (1) sign with an `ssh-rsa` (SHA-1)
+user key on the main listener, and (2) log in on the optional `legacy_listen`
+listener, which also offers group14-sha1, ssh-rsa host key signatures and
+hmac-sha1; nobody else may log in there. Both listeners share this service: the
+same jail, limits, defender, reload and stop.
 """
 
 from __future__ import annotations
@@ -60,6 +68,12 @@ SIGNATURE_ALGS = [
     "rsa-sha2-512",
     "rsa-sha2-256",
 ]
+# The legacy listener offers these as well (asyncssh's names), after the modern ones.
+LEGACY_KEX_ALGS = [*KEX_ALGS, "diffie-hellman-group14-sha1"]
+LEGACY_MAC_ALGS = [*MAC_ALGS, "hmac-sha1"]
+LEGACY_SIGNATURE_ALGS = [*SIGNATURE_ALGS, "ssh-rsa"]
+# User-auth signatures that hash with SHA-1: only tenants with legacy_algorithms may use them.
+SHA1_SIGNATURES = frozenset({b"ssh-rsa", b"ssh-dss", b"x509v3-ssh-rsa", b"x509v3-ssh-dss"})
 
 
 @dataclass(slots=True)
@@ -81,6 +95,7 @@ class SftpService:
     connections: Counter[str] = field(init=False, default_factory=Counter)  # per IP
     sessions: Counter[str] = field(init=False, default_factory=Counter)  # per tenant
     _server: asyncssh.SSHAcceptor | None = field(init=False, default=None)
+    _legacy_server: asyncssh.SSHAcceptor | None = field(init=False, default=None)
     _live: set[InboxSSHServer] = field(init=False, default_factory=set)
     _jails: set[JailedSFTPServer] = field(init=False, default_factory=set)  # open SFTP sessions
     log: object = field(init=False, default=None)
@@ -116,6 +131,13 @@ class SftpService:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
+    @property
+    def legacy_port(self) -> int | None:
+        """The legacy listener's port, None when `legacy_listen` is unset."""
+        if self._legacy_server is None:
+            return None
+        return self._legacy_server.sockets[0].getsockname()[1]
+
     async def start(self) -> None:
         """Listen. Host keys are made on first start; temp files of uploads that a previous
         run never finished are removed (no session can own them now)."""
@@ -144,20 +166,14 @@ class SftpService:
             self._jails.add(jail)
             return jail
 
-        self._server = await asyncssh.listen(
-            self.config.host,
-            self.config.port,
-            server_factory=lambda: InboxSSHServer(self),
+        options = dict(
             server_host_keys=keys,
             sftp_factory=sftp_factory,
             allow_scp=False,
             allow_pty=False,
             agent_forwarding=False,
             gss_host=None,
-            kex_algs=KEX_ALGS,
             encryption_algs=ENCRYPTION_ALGS,
-            mac_algs=MAC_ALGS,
-            signature_algs=SIGNATURE_ALGS,  # host key and client key signatures: no SHA-1
             compression_algs=["none"],
             login_timeout=self.config.login_timeout_seconds,
             keepalive_interval=self.config.keepalive_seconds or None,
@@ -166,8 +182,37 @@ class SftpService:
             max_pktsize=256 << 10,  # a 32 KiB SFTP write then fits one SSH packet, not two
             server_version="ingestd",
         )
-        self._reaper = asyncio.create_task(self._reap_idle(), name="sftp-idle-reaper")
+        self._server = await asyncssh.listen(
+            self.config.host,
+            self.config.port,
+            server_factory=lambda: InboxSSHServer(self),
+            kex_algs=KEX_ALGS,
+            mac_algs=MAC_ALGS,
+            # Host key signatures and the server-sig-algs the client is told about. asyncssh
+            # verifies a user's signature with any algorithm of the key's type whatever this
+            # says: SHA-1 user signatures are refused in InboxSSHServer instead.
+            signature_algs=SIGNATURE_ALGS,
+            **options,
+        )
         self.log.info("sftp.listening", address=self.config.host, port=self.port)
+        if self.config.legacy_address is not None:
+            host, port = self.config.legacy_address
+            try:
+                self._legacy_server = await asyncssh.listen(
+                    host,
+                    port,
+                    server_factory=lambda: InboxSSHServer(self, legacy=True),
+                    kex_algs=LEGACY_KEX_ALGS,
+                    mac_algs=LEGACY_MAC_ALGS,
+                    signature_algs=LEGACY_SIGNATURE_ALGS,
+                    **options,
+                )
+            except BaseException:
+                self._server.close()
+                self._server = None
+                raise
+            self.log.info("sftp.listening", address=host, port=self.legacy_port, legacy=True)
+        self._reaper = asyncio.create_task(self._reap_idle(), name="sftp-idle-reaper")
 
     async def _reap_idle(self) -> None:
         """Close connections with no SFTP request for `idle_timeout_seconds` (asyncssh has
@@ -189,6 +234,8 @@ class SftpService:
         if self._reaper is not None:
             self._reaper.cancel()
         self._server.close()
+        if self._legacy_server is not None:
+            self._legacy_server.close()
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self.uploads_in_flight() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
@@ -198,16 +245,22 @@ class SftpService:
             conn.close()
         await self._server.wait_closed()
         self._server = None
+        if self._legacy_server is not None:
+            await self._legacy_server.wait_closed()
+            self._legacy_server = None
 
 
 class InboxSSHServer(asyncssh.SSHServer):
     """One connection: admission, authentication, the audit trail."""
 
-    def __init__(self, service: SftpService) -> None:
+    def __init__(self, service: SftpService, *, legacy: bool = False) -> None:
         self.service = service
+        self.legacy = legacy  # accepted on the legacy listener: legacy tenants only
         self.conn: asyncssh.SSHServerConnection | None = None
         self.ip = "?"
-        self.tenant: str | None = None
+        self.tenant: str | None = None  # set once authentication has completed
+        self._accepted: tuple[str, str] | None = None  # (tenant, method) of the last yes
+        self.sha1_signature = False  # the accepted key signed with SHA-1
         self.counted = False
         self.attempted = False  # a password or key was tried (scored on its own)
         self.last_activity = time.monotonic()
@@ -244,6 +297,38 @@ class InboxSSHServer(asyncssh.SSHServer):
         service.connections[self.ip] += 1
         service._live.add(self)
         self.counted = True
+        self._check_signature_algorithm(conn)
+
+    def _check_signature_algorithm(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Refuse SHA-1 user-key signatures (ssh-rsa) of tenants without legacy_algorithms.
+
+        asyncssh verifies a public-key signature with any algorithm the key type knows,
+        ssh-rsa included, whatever `signature_algs` says, and `SSHServer.validate_public_key`
+        never sees the signature. The signature's algorithm name is its first SSH string,
+        so this connection's `validate_public_key(username, key_data, msg, signature)`
+        (asyncssh's own check, called by its public-key auth) is wrapped: a SHA-1
+        signature is refused before asyncssh verifies it, unless the tenant opted in.
+        """
+        verify = conn.validate_public_key
+
+        async def validate_public_key(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            algorithm = _signature_algorithm(signature) if signature else None
+            if algorithm in SHA1_SIGNATURES:
+                tenant = self.service.tenant(username)
+                if tenant is None or not tenant.config.legacy_algorithms:
+                    self.attempted = True
+                    self._fail(username, tenant, "publickey", "sha1_signature_not_allowed")
+                    return False
+            ok = await verify(username, key_data, msg, signature)
+            if ok and signature:
+                self.sha1_signature = algorithm in SHA1_SIGNATURES
+            elif not ok:
+                self._accepted = None  # the key was fine, its signature was not
+            return ok
+
+        conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the counters; a connection that never logged in counts as a failure."""
@@ -268,6 +353,24 @@ class InboxSSHServer(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         """Every user must authenticate."""
         return True
+
+    def auth_completed(self) -> None:
+        """The login: counted and logged only now (a key accepted when offered, before its
+        signature is checked, or an attempt cancelled by a newer one, is not a login)."""
+        if self.tenant is not None:
+            return
+        username, method = self._accepted or (None, "?")
+        if username is None or self.conn.get_extra_info("username") != username:
+            # Cannot happen (every method answers through _decide); never serve it.
+            self.log.error("sftp.login_unexpected", username=username)
+            self.close()
+            return
+        self.tenant = username
+        self.service.sessions[username] += 1
+        self.log = get_logger(ip=self.ip, tenant=username)
+        client = self.conn.get_extra_info("client_version") if self.conn else None
+        legacy = {"legacy": True} if self.legacy or self.sha1_signature else {}
+        self.log.info("sftp.login", method=method, client=client, **legacy)
 
     def password_auth_supported(self) -> bool:
         return True
@@ -299,7 +402,8 @@ class InboxSSHServer(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Called once to probe and once with the signature: only the answer is given here;
-        # a refused key is not counted (clients offer several keys in turn).
+        # a refused key is not counted (clients offer several keys in turn), a tenant's own
+        # key on the legacy listener without legacy_algorithms is.
         tenant = self.service.tenant(username)
         ok = tenant is not None and key_allowed(key, tenant.keys)
         if ok:
@@ -315,25 +419,40 @@ class InboxSSHServer(asyncssh.SSHServer):
         *,
         count_failure: bool = True,
     ) -> bool:
-        client = self.conn.get_extra_info("client_version") if self.conn else None
         reason = None
         if not ok:
             reason = "unknown_user" if tenant is None else "wrong_credentials"
+        elif self.legacy and not tenant.config.legacy_algorithms:
+            reason = "legacy_listener_not_allowed"
+            count_failure = True  # the right key or password, on a listener not for it
         elif not ip_allowed(self.ip, tenant.config.allow_ips):
             reason = "ip_not_allowed"
         elif self.service.sessions[username] >= self.service.config.max_sessions_per_tenant:
             reason = "max_sessions_per_tenant"
         if reason:
-            self.log.warning(
-                "sftp.login_failed", tenant=username if tenant else None, method=method,
-                reason=reason, client=client,
-            )  # fmt: skip
-            if count_failure and reason != "max_sessions_per_tenant":
-                self.service.defender.failed(self.ip, reason)
+            self._fail(username, tenant, method, reason, count=count_failure)
             return False
-        if self.tenant is None:
-            self.tenant = username
-            self.service.sessions[username] += 1
-            self.log = get_logger(ip=self.ip, tenant=username)
-            self.log.info("sftp.login", method=method, client=client)
+        # auth_completed() follows at once when this answer ends the authentication.
+        self._accepted = (username, method)
         return True
+
+    def _fail(
+        self, username: str, tenant: _Tenant | None, method: str, reason: str, *, count=True
+    ) -> None:
+        self._accepted = None
+        client = self.conn.get_extra_info("client_version") if self.conn else None
+        self.log.warning(
+            "sftp.login_failed", tenant=username if tenant else None, method=method,
+            reason=reason, client=client, **({"legacy": True} if self.legacy else {}),
+        )  # fmt: skip
+        if count and reason != "max_sessions_per_tenant":
+            self.attempted = True  # counted here: not once more as "no_login" at the end
+            self.service.defender.failed(self.ip, reason)
+
+
+def _signature_algorithm(signature: bytes) -> bytes | None:
+    """The algorithm name an SSH signature blob starts with (`string alg, string sig`)."""
+    size = int.from_bytes(signature[:4], "big")
+    if len(signature) < 4 + size or size > 64:
+        return None
+    return signature[4 : 4 + size]

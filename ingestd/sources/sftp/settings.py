@@ -7,6 +7,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ingestd.sources.sftp.defender import DefenderConfig
 
 
+def _split(listen: str) -> tuple[str, int]:
+    """(host, port) of "host:port" (brackets of an IPv6 literal removed)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class SftpConfig(BaseModel):
     """[sftp]: the server schools push their exports to."""
 
@@ -14,6 +20,10 @@ class SftpConfig(BaseModel):
 
     listen: str = "0.0.0.0:2222"
     """host:port to listen on (port 0: any free port, for tests)."""
+    legacy_listen: str | None = None
+    """host:port of a second listener that also offers SHA-1 algorithms (group14-sha1 key
+    exchange, ssh-rsa host key signatures, hmac-sha1) for clients too old for anything
+    else; only tenants with `legacy_algorithms = true` may log in there. Unset: off."""
     max_file_bytes: int = Field(default=2 << 30, gt=0)
     """One uploaded file may not grow beyond this."""
     max_inbox_bytes: int = Field(default=10 << 30, gt=0)
@@ -30,9 +40,11 @@ class SftpConfig(BaseModel):
     """Keepalive requests to the client (0: none); 3 unanswered ones drop it."""
     defender: DefenderConfig = Field(default_factory=DefenderConfig)
 
-    @field_validator("listen")
+    @field_validator("listen", "legacy_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
             raise ValueError("must be host:port, e.g. 0.0.0.0:2222")
@@ -41,9 +53,14 @@ class SftpConfig(BaseModel):
     @property
     def host(self) -> str:
         """The host part of `listen` (brackets of an IPv6 literal removed)."""
-        return self.listen.rpartition(":")[0].strip("[]")
+        return _split(self.listen)[0]
 
     @property
     def port(self) -> int:
         """The port part of `listen`."""
-        return int(self.listen.rpartition(":")[2])
+        return _split(self.listen)[1]
+
+    @property
+    def legacy_address(self) -> tuple[str, int] | None:
+        """(host, port) of `legacy_listen`, or None when it is off."""
+        return _split(self.legacy_listen) if self.legacy_listen else None

@@ -240,12 +240,13 @@ def openssh_sftp(
     cwd: Path,
     username: str = "alpha",
     timeout: float = 120,
+    options: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """OpenSSH `sftp -b` with key auth; commands run from `cwd` (for relative local paths)."""
     batch = cwd / f"batch-{time.monotonic_ns()}.txt"
     batch.write_text("".join(line.strip() + "\n" for line in commands.strip().splitlines()))
     return subprocess.run(
-        ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port), *SSH_OPTIONS,
+        ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port), *SSH_OPTIONS, *options,
          f"{username}@127.0.0.1"],
         cwd=cwd,
         capture_output=True,
