@@ -117,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ingestd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ingestd events | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush is quiet too
+        return EXIT_OK
 
 
 def _config(args: argparse.Namespace) -> Config:

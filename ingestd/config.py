@@ -65,6 +65,10 @@ class DaemonConfig(_Section):
     """auto = readable on a terminal, JSON lines otherwise (journald, files, pipes)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """The least severe level logged."""
+    stop_grace: Duration = 30.0
+    """On SIGTERM, uploads in flight and sets in progress get this long to finish; a set
+    still running then is abandoned and processed again on start (keep systemd's
+    TimeoutStopSec above it)."""
     set_timeout: Duration = 2 * 3600.0
     """A set still being processed after this long counts as stuck: the systemd watchdog
     is no longer fed, so systemd restarts ingestd and the set is processed again."""

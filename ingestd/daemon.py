@@ -9,7 +9,7 @@ code 1, so systemd's `Restart=on-failure` starts it afresh.
 
 Signals only set events: SIGTERM/SIGINT stop gracefully (a second SIGINT forces
 the exit), SIGHUP reloads tenants without dropping sessions. On stop, uploads
-in flight and sets in progress get `STOP_GRACE_SECONDS` to finish; a set still
+in flight and sets in progress get `[daemon] stop_grace` to finish; a set still
 running then is abandoned (its transaction never commits, it stays `received`
 and is processed again on start: the same path as a crash, which the commit
 protocol makes safe).
@@ -41,7 +41,6 @@ from ingestd.pipeline.workers import SetWorkers
 from ingestd.sources.inbox import InboxWatcher
 from ingestd.sources.sftp.server import SftpService
 
-STOP_GRACE_SECONDS = 30.0
 MAX_FAILURES = 5
 FAILURE_WINDOW = 600.0
 BACKOFF = (1.0, 2.0, 5.0, 15.0, 60.0)
@@ -86,7 +85,10 @@ class Supervised:
 class Supervisor:
     """Runs sibling tasks; restarts one that fails, with backoff; gives up if it keeps failing."""
 
-    def __init__(self, on_give_up: Callable[[str], None]) -> None:
+    def __init__(
+        self, on_give_up: Callable[[str], None], backoff: tuple[float, ...] = BACKOFF
+    ) -> None:
+        self.backoff = backoff
         self.children: dict[str, Supervised] = {}
         self.on_give_up = on_give_up
         self.log = get_logger()
@@ -132,7 +134,7 @@ class Supervisor:
                     self.log.critical("daemon.task_gave_up", task=child.name)
                     self.on_give_up(child.name)
                     return
-                await asyncio.sleep(BACKOFF[min(len(child.failures), len(BACKOFF)) - 1])
+                await asyncio.sleep(self.backoff[min(len(child.failures), len(self.backoff)) - 1])
                 child.healthy = True
                 self.log.info("daemon.task_restarted", task=child.name)
 
@@ -206,7 +208,7 @@ async def run_daemon(
     except OSError as exc:
         log.error("daemon.listen_failed", listen=config.sftp.listen, error=str(exc))
         await supervisor.close()
-        await workers.drain(STOP_GRACE_SECONDS)
+        await workers.drain(config.daemon.stop_grace)
         watcher.close()
         return 1
     started = True
@@ -247,9 +249,8 @@ async def run_daemon(
         sd_notify("STOPPING=1")
         log.info("daemon.stopping")
         await supervisor.close()  # no new sets are claimed
-        _, abandoned = await asyncio.gather(
-            sftp.stop(STOP_GRACE_SECONDS), workers.drain(STOP_GRACE_SECONDS)
-        )
+        grace = current.daemon.stop_grace
+        _, abandoned = await asyncio.gather(sftp.stop(grace), workers.drain(grace))
         watcher.close()
         for r in abandoned:
             log.warning("set.abandoned", tenant=r.tenant, set_id=r.set_id)

@@ -81,6 +81,7 @@ async def _play(
         return await daemon
     store = EventStore.open(config.daemon.state_dir)
     code = 0
+    held = []
     try:
         day1 = folder / "day1"
         generate(day1, students=students, seed=7)
@@ -102,6 +103,7 @@ async def _play(
         say("day 3: a broken export: users.csv holds only half of the students")
         outcome = await _deliver(store, port, password, day3, say)
         code = code or (outcome != "held")
+        held = store.list_sets(status="held", limit=1)
     finally:
         stop.set()
         daemon_code = await daemon
@@ -111,9 +113,10 @@ async def _play(
     say("explore what it left behind:")
     say(f"  ingestd {cfg} events --tenant {TENANT} --type 'users.*' --limit 5")
     say(f"  ingestd {cfg} sets --tenant {TENANT}")
-    say(f"  ingestd {cfg} sets approve <the held set id>   (or: sets reject ...)")
-    say(f"  ingestd {cfg} run                                (the daemon, Ctrl-C stops it)")
-    say(f"  rm -r {folder}                                   (when done)")
+    if held:
+        say(f"  ingestd {cfg} sets approve {held[0].id}   (or: sets reject ...)")
+    say(f"  ingestd {cfg} run   (the daemon; Ctrl-C stops it)")
+    say(f"  rm -r {folder}   (when done)")
     return int(code) or daemon_code
 
 
