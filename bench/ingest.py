@@ -60,7 +60,8 @@ outcome = Pipeline(state, store).ingest_path(tenant, path)
 seconds = time.perf_counter() - t
 print(json.dumps({"bare": best, "ingest": seconds, "commit": sum(commit),
                   "status": outcome.status, "events": outcome.events.count if outcome.events else 0,
-                  "counts": outcome.summary.get("counts"), "peak": hwm()}))
+                  "counts": outcome.summary.get("counts"), "timings": outcome.timings,
+                  "peak": hwm()}))
 """
 
 
@@ -168,6 +169,8 @@ def main() -> None:
         print(f"  events/s over the whole ingest: {rate:,.0f} (target >= 200,000 when fresh)")
         print(f"  commit transaction alone: {r['commit']:.2f}s = {commit_rate:,.0f} events/s")
         print(f"  peak RSS: {r['peak'] / 1e9:.2f} GB (target <= 2 GB)")
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
+        print(f"  phases (s): {phases}")
         counts = r["counts"] or {}
         changes = {e: (c["created"], c["updated"], c["deleted"]) for e, c in counts.items()}
         print(f"  created/updated/deleted: {changes}")

@@ -10,7 +10,9 @@ in that transaction none is lost or duplicated.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ class SetOutcome:
     status: str
     summary: dict[str, Any]
     events: EventRange | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (bench, logs)
 
     @property
     def exit_code(self) -> int:
@@ -106,13 +109,18 @@ class Pipeline:
         self.state_dir = state_dir
         self.store = store
         self.policy = policy or (lambda tenant: TenantPolicy())
+        self._timings: dict[str, float] = {}
 
     # --- entry points ----------------------------------------------------------------------
 
     def ingest_path(self, tenant: str, path: Path, source: str = "cli") -> SetOutcome:
         """Copy a set from disk (folder or zip) into the state dir and process it."""
+        started = time.perf_counter()
         set_id, _, digest = sets.claim_copy(self.state_dir, tenant, path)
-        return self.process_claimed(tenant, set_id, digest, source)
+        claimed = time.perf_counter() - started
+        outcome = self.process_claimed(tenant, set_id, digest, source)
+        outcome.timings = {"claim": claimed, **outcome.timings}
+        return outcome
 
     def process_claimed(self, tenant: str, set_id: str, digest: str, source: str) -> SetOutcome:
         """Record a claimed set folder as received, then process it."""
@@ -154,10 +162,23 @@ class Pipeline:
 
     def process(self, set_id: str, *, approved: bool = False) -> SetOutcome:
         """Validate, diff, guard and commit one received (or, approved, held) set."""
+        self._timings = {}
         try:
-            return self._guarded(set_id, approved)
+            outcome = self._guarded(set_id, approved)
         finally:
-            self.store.checkpoint()  # outside the commit: see EventStore.checkpoint
+            with self._phase("checkpoint"):
+                self.store.checkpoint()  # outside the commit: see EventStore.checkpoint
+        outcome.timings = self._timings
+        return outcome
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the time spent in the block to the set's timings under `name`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[name] = self._timings.get(name, 0.0) + time.perf_counter() - started
 
     def _guarded(self, set_id: str, approved: bool) -> SetOutcome:
         row = self.store.get_set(set_id)
@@ -217,8 +238,9 @@ class Pipeline:
                 log.info("set.duplicate", same_as=current)
                 return SetOutcome(set_id, tenant, "duplicate", summary)
         policy = self.policy(tenant)
-        result = validate_set(sets.raw_input(folder), policy.validation)
-        report_path = self._write_report(folder, result)
+        with self._phase("validate"):
+            result = validate_set(sets.raw_input(folder), policy.validation)
+            report_path = self._write_report(folder, result)
         if not result.accepted:
             summary = self._summary(row, "rejected", result=result, report=report_path)
             summary["reasons"] = _top_errors(result)
@@ -232,8 +254,10 @@ class Pipeline:
             log.info("set.rejected", errors=summary["errors"], report=str(report_path))
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
-        old = read_snapshot(self.state_dir, tenant, current)
-        diffs = self._diff(old, result, policy)
+        with self._phase("read_snapshot"):
+            old = read_snapshot(self.state_dir, tenant, current)
+        with self._phase("diff"):
+            diffs = self._diff(old, result, policy)
         counts = {e: d.counts for e, d in diffs.items()}
         reasons = check(counts, policy.safeguards, first_set=current is None)
         summary = self._summary(
@@ -257,20 +281,23 @@ class Pipeline:
             return SetOutcome(set_id, tenant, "held", summary, rng)
         if approved:
             summary["approved"] = True
-        write_snapshot(self.state_dir, tenant, set_id, {e: d.state for e, d in diffs.items()})
+        with self._phase("write_snapshot"):
+            write_snapshot(self.state_dir, tenant, set_id, {e: d.state for e, d in diffs.items()})
         events = [*record_events(diffs), set_event("accepted", summary)]
-        rng = self.store.decide_set(
-            set_id,
-            "accepted",
-            summary,
-            from_status=("held",) if approved else ("received",),
-            expect_snapshot=current,
-            report_path=str(report_path),
-            base_set_id=current,
-            events=events,
-            accept=True,
-        )
-        prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
+        with self._phase("commit"):
+            rng = self.store.decide_set(
+                set_id,
+                "accepted",
+                summary,
+                from_status=("held",) if approved else ("received",),
+                expect_snapshot=current,
+                report_path=str(report_path),
+                base_set_id=current,
+                events=events,
+                accept=True,
+            )
+        with self._phase("prune"):
+            prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
         log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
         return SetOutcome(set_id, tenant, "accepted", summary, rng)
 
