@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SAMPLE_DIR ?= /tmp/ingestd-sample
 
 .PHONY: venv install run test lint format bench clean
 
@@ -18,10 +17,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv: $(BIN)/python
 install: $(STAMP)
 
-# The main job (until the daemon lands): generate a synthetic district, then validate it.
+# The main job: the whole loop (SFTP upload -> set -> validate -> diff -> events) in a temp dir.
 run: install
-	$(BIN)/ingestd sample $(SAMPLE_DIR) --students 1000 --seed 7
-	$(BIN)/ingestd validate $(SAMPLE_DIR)
+	$(BIN)/ingestd demo
 
 test: install lint
 	$(BIN)/python -m pytest -q

@@ -421,22 +421,28 @@ def _connection_details(config: Config, tenant_id: str, password: str | None) ->
 def _tenant_list(config: Config) -> int:
     from datetime import UTC, datetime
 
-    last: dict[str, str | None] = {}
+    last: dict[str, tuple[str | None, str | None]] = {}
     db = config.daemon.state_dir / "ingestd.db"
     if db.exists():
         with EventStore(db) as store:
-            last = {t: when for t, _, when in store.tenants()}
-    print(f"{'TENANT':<24} {'AUTH':<14} {'LAST ACCEPTED SET':<26} AGE")
+            last = {t: (snapshot, when) for t, snapshot, when in store.tenants()}
+    print(f"{'TENANT':<24} {'AUTH':<12} {'LAST ACCEPTED SET':<26}  {'ACCEPTED AT':<24}  AGE")
     for tenant_id, tenant in sorted(config.tenants.items()):
         auth = "+".join(
             m
             for m, on in (("password", tenant.password_hash), ("key", tenant.authorized_keys))
             if on
         )
-        when = last.get(tenant_id)
+        set_id, when = last.get(tenant_id, (None, None))
         age = ""
         if when:
             seconds = (datetime.now(UTC) - datetime.fromisoformat(when)).total_seconds()
             age = f"{seconds / 3600:.1f} h"
-        print(f"{tenant_id:<24} {auth or '-':<14} {when or 'never':<26} {age}")
+            if seconds > config.ingest.stale_after:
+                age += "  STALE (no accepted set within [ingest] stale_after)"
+        disabled = "" if tenant.enabled else "  (disabled)"
+        print(
+            f"{tenant_id:<24} {auth or '-':<12} {set_id or 'never':<26}  {when or '':<24}  "
+            f"{age}{disabled}"
+        )
     return EXIT_OK

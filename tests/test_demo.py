@@ -31,6 +31,13 @@ def test_demo_plays_three_days_and_leaves_explorable_state(tmp_path: Path):
         "accepted",
         "held",
     ], sets.stdout
+    tenants = subprocess.run(
+        [sys.executable, "-m", "ingestd", "--config", str(folder / "ingestd.toml"), "tenant",
+         "list"],
+        capture_output=True, text=True, env=ENV, timeout=60, check=False,
+    )  # fmt: skip
+    (row,) = tenants.stdout.splitlines()[1:]
+    assert row.split()[0] == "lincoln-high" and len(row.split()[2]) == 26  # the set's ULID
 
 
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path):
