@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ingestd.errors import ConfigError
 from ingestd.oneroster import spec
@@ -179,6 +187,97 @@ class TenantConfig(_Section):
     legacy_algorithms: bool = False
     """Allow ssh-rsa (SHA-1) signatures for this tenant's public keys and let it use the
     legacy SFTP listener (`[sftp] legacy_listen`); for SIS clients too old for SHA-2."""
+
+    # --- REST sources (pulled on a schedule instead of pushed over SFTP) -----------------
+    source: Literal["sftp", "oneroster", "powerschool", "clever"] = "sftp"
+    """Where the roster comes from: pushed over SFTP, or pulled from a vendor's API."""
+    base_url: str | None = None
+    """The API's base URL, e.g. https://host/ims/oneroster/v1p1 (Clever: its default)."""
+    auth: Literal["oauth2", "oauth1", "bearer"] | None = None
+    """OneRoster REST: OAuth 2.0 client credentials, OAuth 1.0a signing, or a static token."""
+    token_url: str | None = None
+    """OAuth 2.0 token endpoint (oauth2)."""
+    client_id: str | None = None
+    """OAuth 2.0 client id, or OAuth 1.0a consumer key."""
+    client_secret_file: Path | None = None
+    """File holding the client secret; a relative name is looked up in
+    $CREDENTIALS_DIRECTORY (systemd LoadCredential=), else beside the config file."""
+    token_file: Path | None = None
+    """File holding a bearer token (auth = "bearer", Clever); looked up like the secret."""
+    scopes: list[str] = Field(default_factory=list)
+    """OAuth 2.0 scopes to ask for."""
+    signature_method: Literal["HMAC-SHA256", "HMAC-SHA1"] = "HMAC-SHA256"
+    """OAuth 1.0a signature method."""
+    every: Duration | None = None
+    """Pull this often ("6h"); the default, without `at`, is daily."""
+    at: str | None = None
+    """Pull daily at this local time ("02:30") instead."""
+    jitter: Duration = 300.0
+    """Up to this many seconds added at random to each scheduled pull."""
+    max_concurrent_requests: int = Field(default=4, ge=1, le=64)
+    """Requests in flight at once to this vendor (Infinite Campus asks for at most 5)."""
+    request_timeout: Duration = 60.0
+    """Seconds a single request may take before it is retried."""
+    page_size: int | None = Field(default=None, ge=1, le=100_000)
+    """Records asked for per page (default: the poller's choice for the vendor)."""
+
+    @field_validator("at")
+    @classmethod
+    def _clock_time(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError('must be a local time of day such as "02:30"')
+        return value
+
+    @model_validator(mode="after")
+    def _rest_source_complete(self) -> TenantConfig:
+        if self.source == "sftp":
+            return self
+        need = {
+            "powerschool": ["base_url", "client_id", "client_secret_file"],
+            "clever": ["token_file"],
+        }
+        if self.source == "oneroster":
+            need["oneroster"] = ["base_url", "auth"] + {
+                "oauth2": ["token_url", "client_id", "client_secret_file"],
+                "oauth1": ["client_id", "client_secret_file"],
+                "bearer": ["token_file"],
+                None: [],
+            }[self.auth]
+        missing = [key for key in need[self.source] if getattr(self, key) in (None, "")]
+        if missing:
+            raise ValueError(f"source = {self.source!r} needs {', '.join(missing)}")
+        if self.every is not None and self.at is not None:
+            raise ValueError("give `every` or `at`, not both")
+        return self
+
+    def secret_path(self, key: str, config_dir: Path | None) -> Path:
+        """Where the secret of `key` (client_secret_file, token_file) lives."""
+        value = getattr(self, key)
+        if value is None:
+            raise ConfigError(f"tenant {self.id}: {key} is not set")
+        if value.is_absolute():
+            return value
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials and (Path(credentials) / value).exists():
+            return Path(credentials) / value
+        return (config_dir or Path.cwd()) / value
+
+    def read_secret(self, key: str, config_dir: Path | None) -> str:
+        """The secret of `key`, stripped; ConfigError naming the tenant and key if missing."""
+        path = self.secret_path(key, config_dir)
+        try:
+            secret = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"tenant {self.id}: {key} {path}: {exc.strerror or 'cannot read'}",
+                [
+                    f"tenants.d/{self.id}.toml: {key}: put the secret in {path} "
+                    "(or in $CREDENTIALS_DIRECTORY with systemd LoadCredential=)"
+                ],
+            ) from None
+        if not secret:
+            raise ConfigError(f"tenant {self.id}: {key} {path} is empty")
+        return secret
 
     @field_validator("password_hash")
     @classmethod

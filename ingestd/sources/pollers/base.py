@@ -1,0 +1,140 @@
+"""What every REST poller is: a class in a registry that pulls a tenant's whole roster.
+
+A poller talks to one vendor API through `ApiClient` (http.py: auth, retries,
+rate limits) and returns a `Roster`: rows for the seven OneRoster 1.1 tables,
+as strings keyed by the CSV column names of `oneroster.spec`. It never writes
+files and never touches the pipeline: the runner (runner.py) writes the roster
+as a set and hands it on, exactly like an SFTP upload. Every page received is
+given to `PageArchive` so the raw responses are kept (gzip) with the set for
+audit.
+
+A pull either returns a complete Roster or raises `PullError` (with a reason
+an operator can act on, never a response body): an incomplete pull is never
+diffed, since a record missing from it is not a delete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ingestd.errors import IngestError
+
+if TYPE_CHECKING:
+    from ingestd.config import TenantConfig
+    from ingestd.sources.pollers.http import ApiClient
+
+Row = dict[str, str]
+
+
+class PullError(IngestError):
+    """A pull that did not complete; `code` is a short machine-readable reason."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: str = "pull_failed") -> None:
+        super().__init__(message, code=code)
+
+
+@dataclass(slots=True)
+class Roster:
+    """A complete pull: rows per OneRoster entity (CSV column -> string value)."""
+
+    tables: dict[str, list[Row]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Things the operator should know that do not fail the pull (e.g. demographics not
+    shared: pulled without them)."""
+
+    def add(self, entity: str, row: Row) -> None:
+        self.tables.setdefault(entity, []).append(row)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckLine:
+    """One collection in `ingestd check`: shared or not, and what was seen."""
+
+    collection: str
+    ok: bool
+    detail: str  # e.g. "shared (1 of 12,345 records read)", "not shared (403)"
+
+
+class PageArchive:
+    """Keeps every response body of a pull, gzip-compressed, numbered in arrival order."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.count = 0
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def record(self, collection: str, url: str, status: int, body: bytes) -> None:
+        """Keep one response (`url` without credentials: they travel in headers only)."""
+        self.count += 1
+        if self.folder is None:
+            return
+        name = f"{self.count:06d}-{_safe(collection)}.json.gz"
+        meta = json.dumps({"url": url, "status": status}).encode()
+        with gzip.open(self.folder / name, "wb", compresslevel=5) as f:
+            f.write(meta + b"\n" + body)
+
+
+class Poller(Protocol):
+    """A vendor API's poller: `REGISTRY[tenant.source](tenant, client, pages)`."""
+
+    source: ClassVar[str]
+
+    async def pull(self) -> Roster:
+        """The whole roster, or PullError."""
+        ...
+
+    async def check(self) -> list[CheckLine]:
+        """Read one page of each collection: what is shared and what is not."""
+        ...
+
+
+PollerFactory = Callable[["TenantConfig", "ApiClient", PageArchive], Poller]
+REGISTRY: dict[str, PollerFactory] = {}
+
+
+def register(source: str) -> Callable[[type], type]:
+    """Class decorator: the poller of `source` (the tenant's `source = "..."`)."""
+
+    def deco(cls: type) -> type:
+        cls.source = source
+        REGISTRY[source] = cls
+        return cls
+
+    return deco
+
+
+def poller_for(tenant: TenantConfig, client: ApiClient, pages: PageArchive) -> Poller:
+    """The poller of a tenant's source (its module is imported on first use)."""
+    import importlib
+
+    module = {"oneroster": "oneroster_rest", "powerschool": "powerschool", "clever": "clever"}
+    if tenant.source not in REGISTRY and tenant.source in module:
+        importlib.import_module(f"ingestd.sources.pollers.{module[tenant.source]}")
+    try:
+        factory = REGISTRY[tenant.source]
+    except KeyError:
+        raise PullError(f"no poller for source {tenant.source!r}", "no_poller") from None
+    return factory(tenant, client, pages)
+
+
+def text(value: Any) -> str:
+    """A JSON value as a OneRoster CSV cell: None -> "", bools lowercase, lists comma-joined."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(text(v) for v in value)
+    return str(value)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40] or "page"
