@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingestd import __version__
-from ingestd.config import Config, config_path, load_config
+from ingestd.config import Config, TenantConfig, config_path, load_config
 from ingestd.errors import IngestError, UsageError
 from ingestd.events.store import SET_STATUSES, EventStore
 from ingestd.logging import configure_logging
@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--password-stdin", action="store_true")
     q.add_argument("--public-key", type=Path, action="append", default=[], metavar="FILE")
     q.add_argument("--allow-ip", action="append", default=[], metavar="CIDR")
+    rest = q.add_argument_group("REST sources (pulled instead of pushed over SFTP)")
+    rest.add_argument("--source", choices=("sftp", "oneroster", "powerschool", "clever"))
+    rest.add_argument("--base-url", metavar="URL")
+    rest.add_argument("--auth", choices=("oauth2", "oauth1", "bearer"), help="OneRoster REST")
+    rest.add_argument("--token-url", metavar="URL", help="OAuth 2.0 token endpoint")
+    rest.add_argument("--client-id", metavar="ID", help="OAuth client id / consumer key")
+    rest.add_argument("--client-secret-file", metavar="FILE", help="file holding the secret")
+    rest.add_argument("--token-file", metavar="FILE", help="file holding a bearer token")
+    rest.add_argument("--scope", action="append", default=[], metavar="SCOPE")
+    rest.add_argument("--every", metavar="DURATION", help='pull this often, e.g. "6h"')
+    rest.add_argument("--at", metavar="HH:MM", help="pull daily at this local time")
     q = tenant_sub.add_parser("passwd", help="set a new SFTP password")
     q.add_argument("tenant_id")
     secret = q.add_mutually_exclusive_group()
@@ -97,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_sub.add_parser("list", help="the schools and their last accepted set")
     q = tenant_sub.add_parser("remove", help="remove a school (its data is kept)")
     q.add_argument("tenant_id")
+
+    p = sub.add_parser("sync", help="pull a REST tenant now, through the whole pipeline")
+    p.add_argument("tenant")
+    p.add_argument("--json", action="store_true", help="print the set's summary as JSON")
+    p = sub.add_parser("check", help="test a REST tenant's credentials and what it shares")
+    p.add_argument("tenant")
 
     p = sub.add_parser("diff", help="what would change if NEW followed OLD (no state)")
     p.add_argument("old", type=Path)
@@ -154,6 +171,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ingestd.daemon import run_daemon
 
         return asyncio.run(run_daemon(_config(args)))
+    if args.command == "sync":
+        return _sync(args)
+    if args.command == "check":
+        return _check(args)
     if args.command == "demo":
         return _demo(args)
     if args.command == "hostkeys":
@@ -241,6 +262,67 @@ def _ingest(args: argparse.Namespace) -> int:
         outcome = pipeline.ingest_path(args.tenant, args.path)
     print(json.dumps(outcome.summary, indent=2) if args.json else summary_text(outcome))
     return outcome.exit_code
+
+
+def _rest_tenant(config: Config, tenant_id: str) -> TenantConfig:
+    tenant = config.tenants.get(tenant_id)
+    if tenant is None:
+        raise UsageError(f"no tenant {tenant_id!r} in {config.tenants_dir}")
+    if tenant.source == "sftp":
+        raise UsageError(f"{tenant_id} pushes over SFTP; only REST tenants are pulled")
+    return tenant
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from ingestd.pipeline.ingest import SetOutcome, summary_text
+    from ingestd.sources.pollers.runner import pull_set
+
+    config = _config(args)
+    tenant = _rest_tenant(config, args.tenant)
+    progress = Progress()
+    progress(f"pulling {tenant.id} ({tenant.source})")
+    try:
+        pulled = asyncio.run(pull_set(config, tenant, progress=progress))
+    finally:
+        progress.done()
+    pipeline = _pipeline(config)
+    with pipeline.store:
+        if pulled.error is None:
+            outcome = pipeline.process(pulled.set_id)
+        else:
+            row = pipeline.store.get_set(pulled.set_id)
+            summary = (row.summary if row else None) or {}
+            outcome = SetOutcome(pulled.set_id, tenant.id, "rejected", summary)
+    print(
+        f"pulled {sum(pulled.rows.values())} records in {pulled.requests} requests, "
+        f"{pulled.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    for warning in pulled.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(outcome.summary, indent=2) if args.json else summary_text(outcome))
+    return outcome.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ingestd.sources.pollers.base import PullError
+    from ingestd.sources.pollers.runner import check_tenant
+
+    config = _config(args)
+    tenant = _rest_tenant(config, args.tenant)
+    try:
+        lines = asyncio.run(check_tenant(config, tenant))
+    except PullError as exc:
+        print(f"{tenant.id}: FAILED: {exc.message}")
+        return EXIT_REJECTED
+    for line in lines:
+        print(f"{'ok  ' if line.ok else 'FAIL'}  {line.collection:<20} {line.detail}")
+    return EXIT_OK if all(line.ok for line in lines) else EXIT_REJECTED
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -362,6 +444,8 @@ def _tenant(args: argparse.Namespace) -> int:
         print("reload the daemon (systemctl reload ingestd, or SIGHUP) to use it")
         return EXIT_OK
     data: dict = {"name": args.name}
+    if args.source and args.source != "sftp":
+        return _tenant_add_rest(config, args, data)
     if password is not None:
         data["password_hash"] = hash_password(password)
     keys = []
@@ -382,6 +466,41 @@ def _tenant(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     _connection_details(config, args.tenant_id, password if args.generate_password else None)
     print(f"(written to {path}; reload the daemon to let the school in)")
+    return EXIT_OK
+
+
+def _tenant_add_rest(config: Config, args: argparse.Namespace, data: dict) -> int:
+    """A REST tenant: its source settings (secrets stay in their files), checked by the
+    same model the daemon loads, then written."""
+    from pydantic import ValidationError
+
+    from ingestd import tenants
+
+    if args.generate_password or args.password_stdin or args.public_key:
+        raise UsageError("a REST tenant is pulled: it has no SFTP password or key")
+    data["source"] = args.source
+    for key in ("base_url", "auth", "token_url", "client_id", "client_secret_file",
+                "token_file", "every", "at"):  # fmt: skip
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    if args.scope:
+        data["scopes"] = args.scope
+    try:
+        tenant = TenantConfig.model_validate({"id": args.tenant_id, **data})
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise UsageError(f"{args.tenant_id}: {problems}") from None
+    config_dir = config.path.parent if config.path else None
+    for key in ("client_secret_file", "token_file"):
+        if getattr(tenant, key) is not None and not tenant.secret_path(key, config_dir).exists():
+            print(f"note: {key} {tenant.secret_path(key, config_dir)} does not exist yet")
+    try:
+        path = tenants.write_tenant(config.tenants_dir, args.tenant_id, data, new=True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"written to {path}")
+    print(f"test it:  ingestd check {args.tenant_id}")
+    print(f"pull now: ingestd sync {args.tenant_id}  (the daemon pulls on schedule once reloaded)")
     return EXIT_OK
 
 
@@ -433,6 +552,8 @@ def _tenant_list(config: Config) -> int:
             for m, on in (("password", tenant.password_hash), ("key", tenant.authorized_keys))
             if on
         )
+        if tenant.source != "sftp":
+            auth = f"{tenant.source}"
         set_id, when = last.get(tenant_id, (None, None))
         age = ""
         if when:

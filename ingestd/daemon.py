@@ -1,9 +1,9 @@
 """`ingestd run`: the daemon. Starts the components, supervises them, talks to systemd.
 
 Phases as uvicorn does it: start (store -> workers -> watcher -> SFTP), serve,
-stop in reverse with a grace period. The inbox watcher, the set workers'
-dispatcher and the maintenance loop are sibling asyncio tasks under a
-supervisor: one that fails is logged and restarted with backoff; one that keeps
+stop in reverse with a grace period. The inbox watcher, the REST poll scheduler,
+the set workers' dispatcher and the maintenance loop are sibling asyncio tasks
+under a supervisor: one that fails is logged and restarted with backoff; one that keeps
 failing (`MAX_FAILURES` within `FAILURE_WINDOW`) stops the daemon with exit
 code 1, so systemd's `Restart=on-failure` starts it afresh.
 
@@ -39,6 +39,7 @@ from ingestd.logging import get_logger
 from ingestd.pipeline.ingest import SetOutcome, tenant_policy
 from ingestd.pipeline.workers import SetWorkers
 from ingestd.sources.inbox import InboxWatcher
+from ingestd.sources.pollers.schedule import PollScheduler
 from ingestd.sources.sftp.server import SftpService
 
 MAX_FAILURES = 5
@@ -184,16 +185,18 @@ async def run_daemon(
         on_outcome=on_outcome,
     )
     watcher = InboxWatcher(state_dir, lambda: current, workers.submit)
+    pollers = PollScheduler(lambda: current, workers.submit)
     sftp = SftpService(config.sftp, state_dir, config.tenants)
 
     started = False
 
     def status() -> str:
         busy = ", ".join(f"{r.tenant}" for r in workers.running()) or "none"
+        pulling = f"; pulling: {', '.join(pollers.running())}" if pollers.running() else ""
         listening = f"SFTP :{sftp.port}" if started else "SFTP starting"
         return (
             f"{len(current.tenants)} tenants; {listening}; processing: {busy}; "
-            f"{workers.queued()} queued; {workers.processed} sets done since start"
+            f"{workers.queued()} queued; {workers.processed} sets done since start{pulling}"
         )
 
     recovered = await workers.recover()
@@ -202,6 +205,7 @@ async def run_daemon(
     supervisor = Supervisor(on_give_up)
     supervisor.start("workers", workers.run)
     supervisor.start("inbox", watcher.run)
+    supervisor.start("pollers", pollers.run)
     supervisor.start("maintenance", lambda: _maintenance(state_dir))
     try:
         await sftp.start()
@@ -243,6 +247,7 @@ async def run_daemon(
                     continue
                 current = fresh
                 sftp.reload(fresh.tenants)
+                pollers.reloaded()
                 log.info("daemon.reloaded", tenants=len(fresh.tenants))
                 sd_notify(f"STATUS={status()}")
     finally:

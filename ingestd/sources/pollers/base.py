@@ -65,15 +65,20 @@ class CheckLine:
 class PageArchive:
     """Keeps every response body of a pull, gzip-compressed, numbered in arrival order."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(
+        self, folder: Path | None, on_record: Callable[[str, int], None] | None = None
+    ) -> None:
         self.folder = folder
         self.count = 0
+        self.on_record = on_record  # hears (collection, pages so far): progress on a terminal
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
     def record(self, collection: str, url: str, status: int, body: bytes) -> None:
         """Keep one response (`url` without credentials: they travel in headers only)."""
         self.count += 1
+        if self.on_record is not None:
+            self.on_record(collection, self.count)
         if self.folder is None:
             return
         name = f"{self.count:06d}-{_safe(collection)}.json.gz"

@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,13 @@ def make_client(config: Config, tenant: TenantConfig) -> ApiClient:
 
 
 async def pull_set(
-    config: Config, tenant: TenantConfig, client: ApiClient | None = None
+    config: Config,
+    tenant: TenantConfig,
+    client: ApiClient | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> PullOutcome:
-    """Pull `tenant` now and record the result as a set (received, or rejected)."""
+    """Pull `tenant` now and record the result as a set (received, or rejected).
+    `progress` hears a short phrase per page received ("users: 12 pages")."""
     import asyncio
 
     state_dir = config.daemon.state_dir
@@ -114,7 +119,8 @@ async def pull_set(
     parent.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_remove_stale_pulls, parent)
     temp = parent / f"{PULLING}{set_id}"
-    pages = PageArchive(temp / PAGES)
+    on_record = (lambda name, n: progress(f"{name}: {n} pages")) if progress else None
+    pages = PageArchive(temp / PAGES, on_record)
     started = time.monotonic()
     own_client = client is None
     error: PullError | None = None
@@ -133,6 +139,12 @@ async def pull_set(
         error = exc
     except ConfigError as exc:
         error = PullError(exc.message, "config")
+    except Exception as exc:  # a poller bug: record it, keep what was received
+        log.error("poll.internal_error", set_id=set_id, error=exc.__class__.__name__)
+        error = PullError(
+            f"ingestd failed during the pull ({exc.__class__.__name__}); see the daemon log",
+            "internal_error",
+        )
     seconds = time.monotonic() - started
     if error is None:
         await asyncio.to_thread(write_roster, temp / sets.RAW, roster)
