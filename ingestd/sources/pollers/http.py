@@ -323,6 +323,8 @@ class ApiClient:
             request = self._http.build_request(method, url, params=params, json=json_body)
             if self.auth is not None:
                 await self.auth.apply(request, self._http)
+                if "cookie" not in request.headers:  # set by the token response just now
+                    self._http.cookies.set_cookie_header(request)
             self.requests += 1
             response = await self._http.send(request)
             try:
