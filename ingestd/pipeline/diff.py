@@ -20,6 +20,8 @@ from ingestd.oneroster import spec
 
 NATURAL_KEYS = {"enrollments": ("classSourcedId", "userSourcedId", "role")}
 _OLD = "__old"
+H1, H2 = "__h1", "__h2"  # a row's fingerprints
+_SEEDS = (0x1D2E3F4051627384, 0x7A6B5C4D3E2F1001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,27 @@ class DiffOptions:
 
     ignore_columns: tuple[str, ...] = ("dateLastModified",)
     natural_key: bool = False  # enrollments keyed by class + user + role
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprints:
+    """Each row's fingerprints (H1, H2 of `fingerprints`), row for row with a frame, and
+    the columns they were computed over (the key, then the compared columns)."""
+
+    columns: tuple[str, ...]
+    hashes: pl.DataFrame
+
+    def covers(self, columns: tuple[str, ...], height: int) -> bool:
+        """True when these are the fingerprints of `columns` of a frame of `height` rows."""
+        return self.columns == columns and self.hashes.height == height
+
+    def extend(self, rows: pl.DataFrame) -> Fingerprints:
+        """These followed by the fingerprints of `rows`."""
+        if rows.is_empty():
+            return self
+        return Fingerprints(
+            self.columns, pl.concat([self.hashes, fingerprints(rows, self.columns)])
+        )
 
 
 @dataclass(slots=True)
@@ -42,6 +65,7 @@ class EntityDiff:
     prior_rows: int
     kept_rows: int = 0  # invalid rows whose previous version was kept
     notes: list[str] = field(default_factory=list)
+    fingerprints: Fingerprints | None = None  # of `state`, stored with the snapshot
 
     @property
     def counts(self) -> dict[str, int]:
@@ -73,15 +97,28 @@ def diff_entity(
     keep_ids: list[str] | None = None,
     keep_rows: pl.DataFrame | None = None,
     options: DiffOptions | None = None,
+    old_fingerprints: Fingerprints | None = None,
 ) -> EntityDiff:
-    """Compare `new` (None: the entity was absent from the set) with the snapshot `old`."""
+    """Compare `new` (None: the entity was absent from the set) with the snapshot `old`.
+
+    `old_fingerprints` are the snapshot's stored row fingerprints; they are used when
+    they cover the columns this diff compares, else computed again.
+    """
     options = options or DiffOptions()
     cols = columns_of(entity, old, new)
     old = _align(old, cols)
     prior = old.height
     if new is None:  # absent from the set: nothing is known, nothing changes
         empty = old.clear()
-        return EntityDiff(entity, old, empty, empty.with_columns(_no_previous()), empty, prior)
+        return EntityDiff(
+            entity,
+            old,
+            empty,
+            empty.with_columns(_no_previous()),
+            empty,
+            prior,
+            fingerprints=old_fingerprints,
+        )
     new = _align(new, cols)
     notes: list[str] = []
     key = ["sourcedId"]
@@ -94,39 +131,47 @@ def diff_entity(
     live = new.filter(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
     doomed_keys = new.filter(pl.col("status") == "tobedeleted").select(key)
     compared = _compared(cols, key, options)
+    hashed = (*key, *compared)
+    live_prints = Fingerprints(hashed, fingerprints(live, hashed))
     if old.is_empty():  # a first set: everything is new, nothing to match
         empty = old.clear()
         return EntityDiff(
-            entity, live, live, empty.with_columns(_no_previous()), empty, prior, notes=notes
+            entity,
+            live,
+            live,
+            empty.with_columns(_no_previous()),
+            empty,
+            prior,
+            notes=notes,
+            fingerprints=live_prints,
         )
-    # One join on the key, carrying row positions and a 64-bit fingerprint of the compared
-    # values: a million unchanged rows cost a hash each, and only rows whose fingerprint
-    # moved are compared value by value (a collision could hide one update: 2^-64 a row).
-    fingerprint = pl.struct(*(_raw(c) for c in compared)).hash().alias("__h")
-    matched = live.select(
-        *key, fingerprint, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i")
-    ).join(
-        old.select(*key, fingerprint, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__j")),
+    if old_fingerprints is None or not old_fingerprints.covers(hashed, old.height):
+        old_fingerprints = Fingerprints(hashed, fingerprints(old, hashed))
+    # Rows whose key and compared values are the same on both sides (equal 128-bit
+    # fingerprints) are unchanged: most of a day's rows, set aside by one sort. Only the
+    # rest (created, updated, deleted) is matched on the key and compared value by value.
+    new_pos, old_pos = _unmatched(live_prints.hashes, old_fingerprints.hashes)
+    fresh = live if new_pos is None else live[new_pos]
+    stale = old if old_pos is None else old[old_pos]
+    matched = fresh.select(*key, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i")).join(
+        stale.select(*key, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__j")),
         on=key,
         how="full",
         coalesce=True,
-        suffix="_old",
     )
-    created = live[_positions(matched.filter(pl.col("__j").is_null()), "__i")]
-    gone = old[_positions(matched.filter(pl.col("__i").is_null()), "__j")]
-    pairs = matched.filter(
-        pl.col("__i").is_not_null()
-        & pl.col("__j").is_not_null()
-        & (pl.col("__h") != pl.col("__h_old"))
-    ).sort("__i")
+    created = fresh[_positions(matched.filter(pl.col("__j").is_null()), "__i")]
+    gone_at = _positions(matched.filter(pl.col("__i").is_null()), "__j")
+    gone = stale[gone_at]
+    pairs = matched.filter(pl.col("__i").is_not_null() & pl.col("__j").is_not_null()).sort("__i")
     kept = 0
+    state, state_prints = live, live_prints
     if mode == "delta":  # only what the file names changes
         deleted = gone.join(doomed_keys, on=key, how="semi", maintain_order="left")
         untouched = gone.join(doomed_keys, on=key, how="anti", maintain_order="left")
         state = pl.concat([live, untouched])
+        state_prints = live_prints.extend(untouched)
     else:
         deleted = gone
-        state = live
         # Invalid rows (the validator dropped them) keep their last good version: no delete.
         # They are matched on the same key as every other row (sourcedId, or the natural key).
         if keep_rows is None and keep_ids:
@@ -139,8 +184,56 @@ def diff_entity(
             kept = carried.height
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
             state = pl.concat([live, carried])
-    updated = _updated(live[pairs["__i"]], old[pairs["__j"]], cols, compared)
-    return EntityDiff(entity, state, created, updated, deleted, prior, kept, notes)
+            state_prints = live_prints.extend(carried)
+    updated = _updated(fresh[pairs["__i"]], stale[pairs["__j"]], cols, compared)
+    return EntityDiff(
+        entity, state, created, updated, deleted, prior, kept, notes, fingerprints=state_prints
+    )
+
+
+def fingerprints(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Two independent 64-bit hashes of each row's `columns` (H1, H2; UInt64)."""
+    row = pl.struct(*(_raw(c) for c in columns))
+    return frame.select(row.hash(_SEEDS[0]).alias(H1), row.hash(_SEEDS[1]).alias(H2))
+
+
+def fingerprint_probe() -> str:
+    """What this polars makes of fixed values: stored fingerprints are only trusted when
+    the probe they were stored with is the same (polars may change its hash)."""
+    values = ["", "a", "sourcedId", 'é,"x"', None]
+    probe = fingerprints(pl.DataFrame({"a": values, "b": values[::-1]}), ("a", "b"))
+    return ",".join(str(v) for col in probe.iter_columns() for v in col)
+
+
+def _unmatched(new: pl.DataFrame, old: pl.DataFrame) -> tuple[pl.Series | None, pl.Series | None]:
+    """Positions (ascending) of the new rows and of the old rows that have no row with the
+    same fingerprints on the other side; (None, None) means all (a repeated fingerprint
+    on one side: keys are not unique, so nothing is set aside)."""
+    both = pl.concat(
+        [
+            new.select(H1, H2, pl.int_range(pl.len(), dtype=pl.Int64).alias("__p")),
+            old.select(H1, H2, (-1 - pl.int_range(pl.len(), dtype=pl.Int64)).alias("__p")),
+        ]
+    ).sort(H1)
+    # Sorted by H1 alone (ties in any order): a row pairs with a neighbour of equal H1 and
+    # H2. Rows of one side never share both hashes, so a pair is one row of each side.
+    same_as_next = (
+        (pl.col(H1) == pl.col(H1).shift(-1)) & (pl.col(H2) == pl.col(H2).shift(-1))
+    ).fill_null(False)
+    side = pl.col("__p") >= 0
+    flagged = both.select(
+        pair=same_as_next,
+        one_side=same_as_next & (side == side.shift(-1)),
+        p=pl.col("__p"),
+    )
+    if flagged["one_side"].any():
+        return None, None
+    pair = flagged["pair"]
+    paired = pair | pair.shift(1, fill_value=False)
+    lone = flagged["p"].filter(~paired)
+    new_pos = lone.filter(lone >= 0).sort()
+    old_pos = (-1 - lone.filter(lone < 0)).sort()
+    return new_pos, old_pos
 
 
 def _positions(frame: pl.DataFrame, column: str) -> pl.Series:

@@ -33,9 +33,9 @@ from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
 from ingestd.pipeline.changes import record_events, set_event
-from ingestd.pipeline.diff import DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.diff import DiffOptions, EntityDiff, Fingerprints, diff_entity
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
-from ingestd.pipeline.snapshot import prune_snapshots, read_snapshot, write_snapshot
+from ingestd.pipeline.snapshot import load_snapshot, prune_snapshots, write_snapshot
 
 EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
 _STALE_RETRIES = 5
@@ -255,9 +255,9 @@ class Pipeline:
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
         with self._phase("read_snapshot"):
-            old = read_snapshot(self.state_dir, tenant, current)
+            old, prints = load_snapshot(self.state_dir, tenant, current)
         with self._phase("diff"):
-            diffs = self._diff(old, result, policy)
+            diffs = self._diff(old, prints, result, policy)
         counts = {e: d.counts for e, d in diffs.items()}
         reasons = check(counts, policy.safeguards, first_set=current is None)
         summary = self._summary(
@@ -282,7 +282,13 @@ class Pipeline:
         if approved:
             summary["approved"] = True
         with self._phase("write_snapshot"):
-            write_snapshot(self.state_dir, tenant, set_id, {e: d.state for e, d in diffs.items()})
+            write_snapshot(
+                self.state_dir,
+                tenant,
+                set_id,
+                {e: d.state for e, d in diffs.items()},
+                {e: d.fingerprints for e, d in diffs.items()},
+            )
         events = [*record_events(diffs), set_event("accepted", summary)]
         with self._phase("commit"):
             rng = self.store.decide_set(
@@ -302,7 +308,11 @@ class Pipeline:
         return SetOutcome(set_id, tenant, "accepted", summary, rng)
 
     def _diff(
-        self, old: dict[str, Any], result: ValidatedSet, policy: TenantPolicy
+        self,
+        old: dict[str, Any],
+        prints: dict[str, Fingerprints],
+        result: ValidatedSet,
+        policy: TenantPolicy,
     ) -> dict[str, EntityDiff]:
         diffs = {}
         for entity in spec.ENTITY_NAMES:
@@ -316,6 +326,7 @@ class Pipeline:
                 mode=result.modes.get(entity, "bulk"),
                 keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
+                old_fingerprints=prints.get(entity),
             )
         return diffs
 

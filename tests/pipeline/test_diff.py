@@ -428,3 +428,40 @@ def test_values_moving_between_columns_or_to_null_are_updates(
     old = orgs({**org("1", "Name"), **before})
     new = orgs({**org("1", "Name"), **after})
     assert previous(diff_entity("orgs", old, new)) == {"1": expected}
+
+
+# --- fingerprints ------------------------------------------------------------------------
+
+
+def test_state_fingerprints_are_row_for_row_and_reused_by_the_next_diff() -> None:
+    day1 = orgs(org("1", "One"), org("2", "Two"), org("3", "Three"))
+    first = diff_entity("orgs", None, day1)
+    assert first.fingerprints is not None
+    assert first.fingerprints.hashes.height == first.state.height
+    day2 = orgs(org("3", "Three"), org("2", "Two B"), org("4", "Four"))
+    recomputed = diff_entity("orgs", first.state, day2)
+    reused = diff_entity("orgs", first.state, day2, old_fingerprints=first.fingerprints)
+    for name in ("state", "created", "updated", "deleted"):
+        assert getattr(reused, name).equals(getattr(recomputed, name)), name
+    assert reused.fingerprints.hashes.equals(recomputed.fingerprints.hashes)
+    assert (ids(reused.created), ids(reused.updated), ids(reused.deleted)) == (["4"], ["2"], ["1"])
+
+
+def test_stored_fingerprints_are_trusted_only_for_the_columns_they_cover() -> None:
+    old = orgs(org("1", "One"), org("2", "Two"))
+    new = orgs(org("1", "One B"), org("2", "Two"))
+    # fingerprints of today's rows posing as yesterday's: trusted, nothing looks changed
+    lying = diff_entity("orgs", None, new).fingerprints
+    assert no_changes(diff_entity("orgs", old, new, old_fingerprints=lying))
+    # ... but not when this diff compares other columns (here: dateLastModified too)
+    options = DiffOptions(ignore_columns=())
+    d = diff_entity("orgs", old, new, old_fingerprints=lying, options=options)
+    assert previous(d) == {"1": {"name": "One"}}
+
+
+def test_unmatched_rows_keep_file_order_whatever_the_hash_order() -> None:
+    old = orgs(*(org(str(i), f"n{i}") for i in range(50)))
+    new = orgs(*(org(str(i), f"n{i}" if i % 7 else f"m{i}") for i in reversed(range(60))))
+    d = diff_entity("orgs", old, new)
+    assert d.updated["sourcedId"].to_list() == [str(i) for i in reversed(range(50)) if i % 7 == 0]
+    assert d.created["sourcedId"].to_list() == [str(i) for i in reversed(range(50, 60))]

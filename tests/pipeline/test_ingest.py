@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from ingestd.errors import UsageError
@@ -19,10 +20,10 @@ from ingestd.events.feed import event_json
 from ingestd.events.store import EventStore
 from ingestd.oneroster import spec
 from ingestd.oneroster.sample import generate
-from ingestd.pipeline import sets
+from ingestd.pipeline import sets, snapshot
 from ingestd.pipeline.ingest import Pipeline, TenantPolicy
 from ingestd.pipeline.safeguards import SafeguardPolicy
-from ingestd.pipeline.snapshot import SNAPSHOTS, read_snapshot, write_snapshot
+from ingestd.pipeline.snapshot import SNAPSHOTS, load_snapshot, read_snapshot, write_snapshot
 from tests.oneroster.corpus import (
     copy_set,
     fields,
@@ -906,3 +907,64 @@ def test_more_events_of_one_type_than_one_insert_chunk(
     assert [r[0] for r in rows] == list(range(total - len(files["enrollments"]) + 1, total + 1))
     got = sorted(json.loads(r[5])["object"]["sourcedId"] for r in rows)
     assert got == sorted(r["sourcedId"] for r in files["enrollments"])
+
+
+# --- snapshots and their fingerprints ---------------------------------------------------------
+
+
+def day_two(base: Path, dst: Path) -> Path:
+    """A copy of `base` with an update, a delete and a create in users.csv."""
+    out = copy_set(base, dst)
+    users = out / "users.csv"
+    rows = csv_rows(users)
+    students = [r for r in rows if r["role"] == "student"]
+    set_cell(users, find_line(users, "sourcedId", students[0]["sourcedId"]), "email", "a@x.org")
+    gone = students[1]["sourcedId"]
+    remove_rows(users, "sourcedId", {gone})
+    remove_rows(out / "demographics.csv", "sourcedId", {gone})
+    remove_rows(out / "enrollments.csv", "userSourcedId", {gone})
+    append_rows(users, [{**students[2], "sourcedId": "new-1", "username": "new.1"}])
+    return out
+
+
+def test_snapshots_without_fingerprints_from_an_older_ingestd_diff_the_same(
+    base_set: Path, tmp_path: Path
+) -> None:
+    day1 = copy_set(base_set, tmp_path / "day1")
+    day2 = day_two(base_set, tmp_path / "day2")
+    logs = {}
+    for variant in ("with", "without"):
+        state = tmp_path / variant
+        with EventStore.open(state) as store:
+            pipeline = Pipeline(state, store)
+            first = pipeline.ingest_path(TENANT, day1)
+            folder = state / SNAPSHOTS / TENANT / first.set_id
+            stored = pl.read_parquet(folder / "users.parquet")
+            assert stored.columns[-2:] == ["__h1", "__h2"]
+            if variant == "without":  # as ingestd wrote them before fingerprints
+                for path in folder.glob("*.parquet"):
+                    pl.read_parquet(path).drop("__h1", "__h2").write_parquet(path)
+                assert load_snapshot(state, TENANT, first.set_id)[1] == {}
+            snap = read_snapshot(state, TENANT, first.set_id)
+            assert "__h1" not in snap["users"].columns
+            mark = store.last_event_id()
+            assert pipeline.ingest_path(TENANT, day2).status == "accepted"
+            logs[variant] = [(e["type"], e["data"]) for e in record_events(events(store, mark))]
+    assert logs["with"] == logs["without"]
+    assert Counter(t for t, _ in logs["with"]) == {
+        "users.created": 1,
+        "users.updated": 1,
+        "users.deleted": 1,
+        "demographics.deleted": 1,
+    } | {"enrollments.deleted": len(logs["with"]) - 4}
+
+
+def test_fingerprints_made_by_another_polars_are_not_trusted(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, state: Path, monkeypatch: Any
+) -> None:
+    first = pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    tables, prints = load_snapshot(state, TENANT, first.set_id)
+    assert set(prints) == set(tables) == set(spec.ENTITY_NAMES)
+    assert all(p.hashes.height == tables[e].height for e, p in prints.items())
+    monkeypatch.setattr(snapshot, "_probe", lambda: "another hash")
+    assert load_snapshot(state, TENANT, first.set_id)[1] == {}
