@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -188,6 +189,7 @@ class InboxWatcher:
         self._notices: dict[str, dict[str, float]] = {}
         self._due: dict[str, float] = {}  # tenant -> wall-clock time to look again
         self._unknown_logged: set[str] = set()
+        self._unrecorded: list[tuple[str, str, str]] = []  # claimed, not yet in the database
         self.last_scan = 0.0
         self.claimed = 0
 
@@ -244,6 +246,7 @@ class InboxWatcher:
         return self._store
 
     def _check_tenants(self, only: list[str] | None) -> None:
+        self._record_claims()
         config = self.config()
         names = only if only is not None else self._inbox_tenants(config)
         for tenant_id in names:
@@ -286,10 +289,26 @@ class InboxWatcher:
 
     def _claim(self, tenant: str, paths: list[Path]) -> None:
         set_id, _, digest = sets.claim_move(self.state_dir, tenant, paths)
-        self._db().add_set(set_id, tenant, "sftp", digest)
         self.claimed += 1
         self.log.info("set.claimed", tenant=tenant, set_id=set_id, files=[p.name for p in paths])
-        self.submit(tenant, set_id)
+        self._unrecorded.append((tenant, set_id, digest))
+        self._record_claims()
+
+    def _record_claims(self) -> None:
+        """Record claimed sets as received and hand them on. The database may be busy for a
+        while (a huge set's commit): the set folder is already safe, so try again later."""
+        while self._unrecorded:
+            tenant, set_id, digest = self._unrecorded[0]
+            try:
+                self._db().add_set(set_id, tenant, "sftp", digest)
+            except sqlite3.Error as exc:
+                self.log.warning(
+                    "set.record_delayed", tenant=tenant, set_id=set_id, error=type(exc).__name__
+                )
+                self._due[tenant] = self.clock() + 5.0
+                return
+            self._unrecorded.pop(0)
+            self.submit(tenant, set_id)
 
     def _check_incomplete(self, config: Config, tenant: str, waiting: Waiting, now: float) -> None:
         after = config.ingest.incomplete_after
