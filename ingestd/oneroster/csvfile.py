@@ -152,9 +152,9 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
         return None  # well-formed quoting uses quotes in pairs; polars forgives an open one at EOF
     if quotes and data.count(b"\n") + (not data.endswith(b"\n")) != rows + 1:
         return None  # a quoted field spans lines, or a quote swallowed some
-    value_bytes = frame.select(
-        pl.sum_horizontal(pl.all().str.len_bytes().cast(pl.UInt64)).sum()
-    ).item()
+    value_bytes = sum(
+        n or 0 for n in frame.select(pl.all().str.len_bytes().cast(pl.UInt64).sum()).row(0)
+    )
     line_endings = rows + 1 - (not data.endswith(b"\n"))
     expected = (
         len(header_bytes)

@@ -101,11 +101,12 @@ def _report_bad(
     report: Report,
 ) -> None:
     """Say why each bad reference is bad: wrong type, a dropped row, or no such id at all."""
-    existing = target["sourcedId"].implode()
+    # The few bad ids are looked up in the (large) tables, not the tables in the bad ids.
+    existing = _found(bad["item"], target)
     wrong_type = bad.filter(pl.col("item").is_in(existing))
     rest = bad.filter(~pl.col("item").is_in(existing))
     if raw_ids is not None:
-        in_file = raw_ids["sourcedId"].implode()
+        in_file = _found(rest["item"], raw_ids)
         was_dropped = rest.filter(pl.col("item").is_in(in_file))
         missing = rest.filter(~pl.col("item").is_in(in_file))
     else:
@@ -146,6 +147,14 @@ def _report_bad(
             message=message,
             fix=fix,
         )
+
+
+def _found(ids: pl.Series, table: pl.DataFrame) -> pl.Series:
+    """Those of `ids` that are a sourcedId of `table` (as a list for is_in)."""
+    wanted = ids.unique().implode()
+    return table.select(pl.col("sourcedId").filter(pl.col("sourcedId").is_in(wanted)))[
+        "sourcedId"
+    ].implode()
 
 
 def _cycles(frame: pl.DataFrame, column: str) -> set[str]:
