@@ -22,7 +22,7 @@ from ingestd.events.store import (
     StoreError,
 )
 
-# Values that JSON and the bulk path (JSON arrays through json_each) must carry unchanged.
+# Values that JSON and the bulk path (texts rendered in a second thread) must carry unchanged.
 TRICKY = [
     "plain",
     'a "quoted" value',
