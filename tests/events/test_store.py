@@ -16,6 +16,7 @@ import pytest
 from ingestd.errors import IngestError
 from ingestd.events.store import (
     MIGRATIONS,
+    PAGE_SIZE,
     EventBatch,
     EventRange,
     EventStore,
@@ -119,6 +120,25 @@ def test_reopening_does_not_migrate_again(db_path: Path) -> None:
         assert s.path == db_path
         assert s.last_event_id() == 1
     assert raw(db_path, "PRAGMA schema_version") == cookie
+
+
+def test_new_databases_get_16k_pages_and_older_ones_keep_theirs(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh" / "ingestd.db"
+    with EventStore(fresh) as s:
+        assert s.db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16_384
+    older = tmp_path / "older" / "ingestd.db"
+    older.parent.mkdir()
+    db = sqlite3.connect(older)  # as an earlier ingestd made it: 4 KiB pages, WAL
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")  # not empty: the page size is fixed
+    db.close()
+    with EventStore(older) as s:
+        assert s.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+        received(s, "S1")
+        rng = s.decide_set("S1", "accepted", {}, events=[EventBatch("users.created", texts(70))])
+        assert rng == EventRange(1, 70)
+    assert raw(older, "PRAGMA page_size") == [(4096,)]
+    assert raw(older, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:
