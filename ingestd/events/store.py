@@ -19,7 +19,7 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,18 +311,25 @@ class EventStore:
         accept: bool = False,
         from_status: tuple[str, ...] = ("received",),
         expect_snapshot: str | object | None = ANY_SNAPSHOT,
+        before_commit: Callable[[], None] | None = None,
+        durable: bool = False,
     ) -> EventRange:
         """In one transaction: insert `events`, record the set's outcome and, when `accept`,
         point the tenant at this set's snapshot and supersede its older held sets. The set
         must still be in one of `from_status` (else AlreadyDecided) and, if given, the
-        tenant's snapshot must still be `expect_snapshot` (else StaleBase)."""
+        tenant's snapshot must still be `expect_snapshot` (else StaleBase).
+
+        `before_commit` runs last inside the transaction (an exception rolls it back): the
+        pipeline waits there for the snapshot it writes meanwhile. `durable` syncs the
+        WAL at COMMIT (synchronous=FULL), so the set survives a power cut with no
+        checkpoint after it; otherwise it is durable at the next `checkpoint()`."""
         if status not in SET_STATUSES:
             raise ValueError(status)
         row = self.get_set(set_id)
         if row is None:
             raise StoreError(f"no set {set_id}")
         now = utc_now()
-        with self._write():
+        with self._write(durable=durable):
             (status_now,) = self.db.execute(
                 "SELECT status FROM sets WHERE id = ?", (set_id,)
             ).fetchone()
@@ -358,6 +365,8 @@ class EventStore:
                     "WHERE tenant = ? AND status = 'held' AND id < ?",
                     (now, row.tenant, set_id),
                 )
+            if before_commit is not None:
+                before_commit()
         return EventRange(first, last)
 
     def add_events(self, tenant: str, events: Iterable[EventBatch]) -> EventRange:
@@ -443,8 +452,8 @@ class EventStore:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _write(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _write(self, *, durable: bool = False) -> _Transaction:
+        return _Transaction(self.db, durable=durable)
 
     def _next_event_id(self) -> int:
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -467,22 +476,41 @@ class EventStore:
         """Copy the WAL into the database file (run after a commit, outside any transaction).
 
         Automatic checkpoints are off: they would run inside the commit of a large set
-        and double its time; the pipeline calls this once the set is decided.
+        and double its time. The pipeline calls this once the set is decided, or leaves it
+        to its caller (`Pipeline(checkpoint_after_set=False)`: commits are then durable
+        by themselves) to run from a background task, on a connection of its own
+        (PASSIVE: it never blocks writers or readers). Closing the last connection of
+        the database checkpoints too.
         """
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; `durable`: the COMMIT
+    syncs the WAL (synchronous=FULL for this transaction only)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, durable: bool = False) -> None:
         self.db = db
+        self.durable = durable
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.durable:
+            self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if self.durable:
+            self.db.execute("PRAGMA synchronous=NORMAL")
 
 
 _SET_COLUMNS = (

@@ -66,6 +66,14 @@ class EntityDiff:
     kept_rows: int = 0  # invalid rows whose previous version was kept
     notes: list[str] = field(default_factory=list)
     fingerprints: Fingerprints | None = None  # of `state`, stored with the snapshot
+    fingerprint_columns: tuple[str, ...] = ()  # what to compute them over, if not yet done
+
+    def state_fingerprints(self) -> Fingerprints | None:
+        """The fingerprints of `state` (computed now if the diff did not need them)."""
+        if self.fingerprints is None and self.fingerprint_columns:
+            columns = self.fingerprint_columns
+            self.fingerprints = Fingerprints(columns, fingerprints(self.state, columns))
+        return self.fingerprints
 
     @property
     def counts(self) -> dict[str, int]:
@@ -132,7 +140,6 @@ def diff_entity(
     doomed_keys = new.filter(pl.col("status") == "tobedeleted").select(key)
     compared = _compared(cols, key, options)
     hashed = (*key, *compared)
-    live_prints = Fingerprints(hashed, fingerprints(live, hashed))
     if old.is_empty():  # a first set: everything is new, nothing to match
         empty = old.clear()
         return EntityDiff(
@@ -143,8 +150,9 @@ def diff_entity(
             empty,
             prior,
             notes=notes,
-            fingerprints=live_prints,
+            fingerprint_columns=hashed,  # computed when the snapshot is written
         )
+    live_prints = Fingerprints(hashed, fingerprints(live, hashed))
     if old_fingerprints is None or not old_fingerprints.covers(hashed, old.height):
         old_fingerprints = Fingerprints(hashed, fingerprints(old, hashed))
     # Rows whose key and compared values are the same on both sides (equal 128-bit

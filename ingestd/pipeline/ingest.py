@@ -3,14 +3,17 @@
 Commit protocol (DESIGN.md, "A set's life"): the new snapshot is written to a
 temp folder and renamed into place, then ONE SQLite transaction inserts every
 change event, marks the set accepted and points the tenant at the snapshot. A
-crash before that transaction leaves the old snapshot current and the set
-`received`; `recover()` processes it again, and since events are only inserted
-in that transaction none is lost or duplicated.
+crash before that transaction commits leaves the old snapshot current and the
+set `received`; `recover()` processes it again, and since events are only
+inserted in that transaction none is lost or duplicated. (The snapshot is
+written in a second thread while the transaction inserts the events; the
+transaction waits for it to be in place before it commits.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,10 +108,17 @@ class Pipeline:
         state_dir: Path,
         store: EventStore,
         policy: Callable[[str], TenantPolicy] | None = None,
+        *,
+        checkpoint_after_set: bool = True,
     ) -> None:
+        """`checkpoint_after_set=False`: each commit syncs the WAL itself (the set is
+        durable when `process` returns) and the WAL checkpoint, maintenance only, is left
+        to the caller (`EventStore.checkpoint`, e.g. from a background task; closing the
+        store checkpoints too)."""
         self.state_dir = state_dir
         self.store = store
         self.policy = policy or (lambda tenant: TenantPolicy())
+        self.checkpoint_after_set = checkpoint_after_set
         self._timings: dict[str, float] = {}
 
     # --- entry points ----------------------------------------------------------------------
@@ -166,8 +176,9 @@ class Pipeline:
         try:
             outcome = self._guarded(set_id, approved)
         finally:
-            with self._phase("checkpoint"):
-                self.store.checkpoint()  # outside the commit: see EventStore.checkpoint
+            if self.checkpoint_after_set:
+                with self._phase("checkpoint"):
+                    self.store.checkpoint()  # outside the commit: see EventStore.checkpoint
         outcome.timings = self._timings
         return outcome
 
@@ -281,27 +292,43 @@ class Pipeline:
             return SetOutcome(set_id, tenant, "held", summary, rng)
         if approved:
             summary["approved"] = True
-        with self._phase("write_snapshot"):
+
+        def write() -> None:
+            started = time.perf_counter()
             write_snapshot(
                 self.state_dir,
                 tenant,
                 set_id,
                 {e: d.state for e, d in diffs.items()},
-                {e: d.fingerprints for e, d in diffs.items()},
+                {e: d.state_fingerprints() for e, d in diffs.items()},
             )
-        events = [*record_events(diffs), set_event("accepted", summary)]
-        with self._phase("commit"):
-            rng = self.store.decide_set(
-                set_id,
-                "accepted",
-                summary,
-                from_status=("held",) if approved else ("received",),
-                expect_snapshot=current,
-                report_path=str(report_path),
-                base_set_id=current,
-                events=events,
-                accept=True,
-            )
+            self._timings["write_snapshot"] = time.perf_counter() - started
+
+        def snapshot_in_place() -> None:
+            with self._phase("commit_waits_for_snapshot"):
+                writer.wait()
+
+        # The snapshot is written while the transaction inserts the events (polars and
+        # the disk in one thread, SQLite in this one); the COMMIT waits for it.
+        writer = _Background(write, "ingestd-snapshot")
+        try:
+            events = [*record_events(diffs), set_event("accepted", summary)]
+            with self._phase("commit"):
+                rng = self.store.decide_set(
+                    set_id,
+                    "accepted",
+                    summary,
+                    from_status=("held",) if approved else ("received",),
+                    expect_snapshot=current,
+                    report_path=str(report_path),
+                    base_set_id=current,
+                    events=events,
+                    accept=True,
+                    before_commit=snapshot_in_place,
+                    durable=not self.checkpoint_after_set,
+                )
+        finally:
+            writer.join()  # never left writing into a folder that a retry writes again
         with self._phase("prune"):
             prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
         log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
@@ -368,6 +395,31 @@ class Pipeline:
         path.write_text(result.report.to_json() + "\n", encoding="utf-8")
         (folder / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
         return path
+
+
+class _Background:
+    """`work` run in a thread of its own; `wait()` joins it and raises what it raised."""
+
+    def __init__(self, work: Callable[[], None], name: str) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to whoever waits
+            self._error = exc
+
+    def wait(self) -> None:
+        """Return when the work is done; raise its exception if it failed."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def join(self) -> None:
+        """Return when the work is done, whatever the outcome."""
+        self._thread.join()
 
 
 def _top_errors(result: ValidatedSet, limit: int = 10) -> list[dict[str, Any]]:

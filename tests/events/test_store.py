@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sqlite3
@@ -281,6 +282,75 @@ def test_events_are_invisible_to_readers_until_the_commit(store: EventStore, db_
     )
     assert seen and set(seen) == {0}
     assert raw(db_path, "SELECT COUNT(*) FROM events") == [(30_100,)]
+
+
+def test_before_commit_runs_last_inside_the_transaction(store: EventStore, db_path: Path) -> None:
+    seen: list[tuple] = []
+
+    def before_commit() -> None:  # what another connection sees at that moment
+        seen.append((raw(db_path, "SELECT COUNT(*) FROM events")[0][0], sequence(db_path)))
+        seen.append(store.db.execute("SELECT status FROM sets WHERE id = 'S1'").fetchone())
+
+    received(store, "S1")
+    rng = store.decide_set(
+        "S1",
+        "accepted",
+        {},
+        events=[EventBatch("users.created", texts(30_000))],
+        accept=True,
+        before_commit=before_commit,
+    )
+    assert rng == EventRange(1, 30_000)
+    assert seen == [(0, None), ("accepted",)]  # all done in the transaction, nothing visible
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(30_000,)]
+
+
+def test_a_failing_before_commit_rolls_everything_back(store: EventStore, db_path: Path) -> None:
+    last = _committed_before(store)
+    received(store, "S1")
+
+    def snapshot_failed() -> None:
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        store.decide_set(
+            "S1",
+            "accepted",
+            {},
+            events=[EventBatch("users.created", texts(30_000))],
+            accept=True,
+            before_commit=snapshot_failed,
+        )
+    _assert_rolled_back(store, db_path, last)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_durable_commit_syncs_the_wal_and_then_normal_again(
+    store: EventStore, fails: bool
+) -> None:
+    """synchronous=FULL for that transaction only (2 = FULL, 1 = NORMAL)."""
+    during: list[int] = []
+
+    def before_commit() -> None:
+        during.append(store.db.execute("PRAGMA synchronous").fetchone()[0])
+        if fails:
+            raise RuntimeError("failed")
+
+    received(store, "S1")
+    with contextlib.nullcontext() if not fails else pytest.raises(RuntimeError):
+        store.decide_set(
+            "S1",
+            "accepted",
+            {},
+            events=[EventBatch("users.created", texts(100))],
+            before_commit=before_commit,
+            durable=True,
+        )
+    assert during == [2]
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert store.get_set("S1").status == ("received" if fails else "accepted")
+    store.decide_set("S1", "rejected", {}, from_status=("received", "accepted"))
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1
 
 
 def test_a_set_is_decided_once_when_two_connections_race(db_path: Path) -> None:

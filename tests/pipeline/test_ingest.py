@@ -7,6 +7,8 @@ import itertools
 import json
 import re
 import shutil
+import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -968,3 +970,52 @@ def test_fingerprints_made_by_another_polars_are_not_trusted(
     assert all(p.hashes.height == tables[e].height for e, p in prints.items())
     monkeypatch.setattr(snapshot, "_probe", lambda: "another hash")
     assert load_snapshot(state, TENANT, first.set_id)[1] == {}
+
+
+def wal_frames(state: Path) -> int:
+    """Frames in the WAL not yet copied into the database file (another connection's view)."""
+    db = sqlite3.connect(state / "ingestd.db")
+    try:
+        _, log, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return log - done if log > 0 else 0
+    finally:
+        db.close()
+
+
+def test_the_checkpoint_after_a_set_can_be_left_to_the_caller(
+    base_set: Path, tmp_path: Path, state: Path, store: EventStore
+) -> None:
+    deferred = Pipeline(state, store, checkpoint_after_set=False)
+    outcome = deferred.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    assert outcome.status == "accepted"
+    assert "checkpoint" not in outcome.timings
+    assert {"claim", "validate", "diff", "write_snapshot", "commit"} <= set(outcome.timings)
+    log_before = store.db.execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
+    assert log_before[1] > 100  # the commit's pages are in the WAL, not yet checkpointed
+    store.checkpoint()
+    assert wal_frames(state) == 0
+    # the default: checkpointed when the set is done
+    day2 = day_two(base_set, tmp_path / "day2")
+    second = Pipeline(state, store).ingest_path(TENANT, day2)
+    assert second.status == "accepted" and "checkpoint" in second.timings
+    assert wal_frames(state) == 0
+
+
+def test_a_snapshot_that_cannot_be_written_rolls_the_commit_back(
+    base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore, state: Path
+) -> None:
+    first = pipeline.ingest_path(TENANT, copy_set(base_set, tmp_path / "day1"))
+    mark = store.last_event_id()
+    threads = threading.active_count()
+    # a file where the snapshot's temp folder goes: the writer thread fails mid-commit
+    day2 = day_two(base_set, tmp_path / "day2")
+    set_id, _, digest = sets.claim_copy(state, TENANT, day2)
+    store.add_set(set_id, TENANT, "cli", digest)
+    (state / SNAPSHOTS / TENANT / f".tmp-{set_id}").write_text("in the way", encoding="utf-8")
+    outcome = pipeline.process(set_id)
+    assert outcome.status == "rejected"
+    assert outcome.summary["reasons"][0]["code"] == "internal_error"
+    assert [e["type"] for e in events(store, after=mark)] == ["sets.rejected"]
+    assert store.snapshot_of(TENANT) == first.set_id
+    assert not (state / SNAPSHOTS / TENANT / set_id).exists()
+    assert threading.active_count() == threads
