@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ingestd.config import Config
 from ingestd.errors import IngestError, UsageError
@@ -38,8 +38,9 @@ from ingestd.pipeline import sets
 from ingestd.pipeline.changes import record_events, set_event
 from ingestd.pipeline.diff import DiffOptions, EntityDiff, Fingerprints, diff_entity
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
-from ingestd.pipeline.snapshot import load_snapshot, prune_snapshots, write_snapshot
+from ingestd.pipeline.snapshot import SnapshotWriter, load_snapshot, prune_snapshots
 
+_T = TypeVar("_T")
 EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
 _STALE_RETRIES = 5
 
@@ -249,9 +250,23 @@ class Pipeline:
                 log.info("set.duplicate", same_as=current)
                 return SetOutcome(set_id, tenant, "duplicate", summary)
         policy = self.policy(tenant)
-        with self._phase("validate"):
-            result = validate_set(sets.raw_input(folder), policy.validation)
-            report_path = self._write_report(folder, result)
+
+        # The current snapshot is read while the set is validated (the reader thread
+        # mostly waits for polars and the disk, and validation leaves a core idle at times).
+        def read() -> tuple[dict[str, Any], dict[str, Fingerprints]]:
+            started = time.perf_counter()
+            try:
+                return load_snapshot(self.state_dir, tenant, current)
+            finally:
+                self._timings["read_snapshot"] = time.perf_counter() - started
+
+        reader = _Background(read, "ingestd-snapshot-read")
+        try:
+            with self._phase("validate"):
+                result = validate_set(sets.raw_input(folder), policy.validation)
+                report_path = self._write_report(folder, result)
+        finally:
+            reader.join()
         if not result.accepted:
             summary = self._summary(row, "rejected", result=result, report=report_path)
             summary["reasons"] = _top_errors(result)
@@ -265,10 +280,34 @@ class Pipeline:
             log.info("set.rejected", errors=summary["errors"], report=str(report_path))
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
-        with self._phase("read_snapshot"):
-            old, prints = load_snapshot(self.state_dir, tenant, current)
+        old, prints = reader.wait()
+        # Each entity's new snapshot file is written (in a thread of its own) as soon as
+        # its diff is done, while the next entity is diffed and the events are inserted.
+        writer = SnapshotWriter(self.state_dir, tenant, set_id)
+        try:
+            return self._decide(
+                row, approved, log, current, result, report_path, old, prints, writer
+            )
+        finally:
+            writer.abort()  # nothing once the snapshot is in place
+            self._timings["write_snapshot"] = writer.busy
+
+    def _decide(
+        self,
+        row: SetRow,
+        approved: bool,
+        log: Any,
+        current: str | None,
+        result: ValidatedSet,
+        report_path: Path,
+        old: dict[str, Any],
+        prints: dict[str, Fingerprints],
+        writer: SnapshotWriter,
+    ) -> SetOutcome:
+        tenant, set_id = row.tenant, row.id
+        policy = self.policy(tenant)
         with self._phase("diff"):
-            diffs = self._diff(old, prints, result, policy)
+            diffs = self._diff(old, prints, result, policy, writer)
         counts = {e: d.counts for e, d in diffs.items()}
         reasons = check(counts, policy.safeguards, first_set=current is None)
         summary = self._summary(
@@ -293,42 +332,25 @@ class Pipeline:
         if approved:
             summary["approved"] = True
 
-        def write() -> None:
-            started = time.perf_counter()
-            write_snapshot(
-                self.state_dir,
-                tenant,
-                set_id,
-                {e: d.state for e, d in diffs.items()},
-                {e: d.state_fingerprints() for e, d in diffs.items()},
-            )
-            self._timings["write_snapshot"] = time.perf_counter() - started
-
         def snapshot_in_place() -> None:
             with self._phase("commit_waits_for_snapshot"):
-                writer.wait()
+                writer.finish()
 
-        # The snapshot is written while the transaction inserts the events (polars and
-        # the disk in one thread, SQLite in this one); the COMMIT waits for it.
-        writer = _Background(write, "ingestd-snapshot")
-        try:
-            events = [*record_events(diffs), set_event("accepted", summary)]
-            with self._phase("commit"):
-                rng = self.store.decide_set(
-                    set_id,
-                    "accepted",
-                    summary,
-                    from_status=("held",) if approved else ("received",),
-                    expect_snapshot=current,
-                    report_path=str(report_path),
-                    base_set_id=current,
-                    events=events,
-                    accept=True,
-                    before_commit=snapshot_in_place,
-                    durable=not self.checkpoint_after_set,
-                )
-        finally:
-            writer.join()  # never left writing into a folder that a retry writes again
+        events = [*record_events(diffs), set_event("accepted", summary)]
+        with self._phase("commit"):
+            rng = self.store.decide_set(
+                set_id,
+                "accepted",
+                summary,
+                from_status=("held",) if approved else ("received",),
+                expect_snapshot=current,
+                report_path=str(report_path),
+                base_set_id=current,
+                events=events,
+                accept=True,
+                before_commit=snapshot_in_place,  # the COMMIT waits for the snapshot
+                durable=not self.checkpoint_after_set,
+            )
         with self._phase("prune"):
             prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
         log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
@@ -340,13 +362,15 @@ class Pipeline:
         prints: dict[str, Fingerprints],
         result: ValidatedSet,
         policy: TenantPolicy,
+        writer: SnapshotWriter,
     ) -> dict[str, EntityDiff]:
+        """Every entity's diff (in spec order), each handed to `writer` when done: the
+        largest first, so that its file is written while the smaller ones are diffed."""
+        entities = [e for e in spec.ENTITY_NAMES if e in result.tables or e in old]
         diffs = {}
-        for entity in spec.ENTITY_NAMES:
+        for entity in sorted(entities, key=lambda e: -_height(result.tables.get(e), old.get(e))):
             new = result.tables.get(entity)
-            if new is None and entity not in old:
-                continue
-            diffs[entity] = diff_entity(
+            diffs[entity] = d = diff_entity(
                 entity,
                 old.get(entity),
                 new,
@@ -355,7 +379,8 @@ class Pipeline:
                 options=policy.diff,
                 old_fingerprints=prints.get(entity),
             )
-        return diffs
+            writer.add(entity, d.state, d.state_fingerprints)
+        return {e: diffs[e] for e in entities}
 
     def _held(self, set_id: str) -> SetRow:
         row = self.store.get_set(set_id)
@@ -397,25 +422,32 @@ class Pipeline:
         return path
 
 
-class _Background:
-    """`work` run in a thread of its own; `wait()` joins it and raises what it raised."""
+def _height(*frames: Any) -> int:
+    return max((f.height for f in frames if f is not None), default=0)
 
-    def __init__(self, work: Callable[[], None], name: str) -> None:
+
+class _Background(Generic[_T]):
+    """`work` run in a thread of its own; `wait()` joins it and returns what it returned,
+    or raises what it raised."""
+
+    def __init__(self, work: Callable[[], _T], name: str) -> None:
+        self._result: _T | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, work: Callable[[], None]) -> None:
+    def _run(self, work: Callable[[], _T]) -> None:
         try:
-            work()
+            self._result = work()
         except BaseException as exc:  # handed to whoever waits
             self._error = exc
 
-    def wait(self) -> None:
-        """Return when the work is done; raise its exception if it failed."""
+    def wait(self) -> _T:
+        """Return the work's result when it is done; raise its exception if it failed."""
         self._thread.join()
         if self._error is not None:
             raise self._error
+        return self._result  # type: ignore[return-value]
 
     def join(self) -> None:
         """Return when the work is done, whatever the outcome."""

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from ingestd.pipeline.diff import H1, H2, Fingerprints, fingerprint_probe
 
 SNAPSHOTS = "snapshots"
 _FINGERPRINTS = "ingestd.fingerprints"  # parquet metadata key
+Prints = Fingerprints | Callable[[], Fingerprints | None] | None
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -43,15 +48,85 @@ def write_snapshot(
 ) -> Path:
     """Write the tables (with their rows' fingerprints, when given) durably and atomically;
     an existing snapshot of the same set is replaced."""
-    final = snapshot_dir(state_dir, tenant, set_id)
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    temp = parent / f".tmp-{set_id}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    for entity, frame in tables.items():
-        path = temp / f"{entity}.parquet"
-        prints = (fingerprints or {}).get(entity)
+    writer = SnapshotWriter(state_dir, tenant, set_id)
+    try:
+        for entity, frame in tables.items():
+            writer.add(entity, frame, (fingerprints or {}).get(entity))
+        return writer.finish()
+    finally:
+        writer.abort()
+
+
+class SnapshotWriter:
+    """A snapshot written entity by entity, as the diffs come, in a thread of its own (polars
+    and the disk work while the caller goes on); `finish` puts it in place, `abort` drops it.
+
+    Files go to a hidden temp folder, each fsynced; `finish` waits for them, fsyncs the
+    folder and renames it into place, so a snapshot folder is always complete.
+    """
+
+    def __init__(self, state_dir: Path, tenant: str, set_id: str) -> None:
+        self.final = snapshot_dir(state_dir, tenant, set_id)
+        self.temp = self.final.parent / f".tmp-{set_id}"
+        self.busy = 0.0  # seconds the thread spent writing
+        self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ingestd-snapshot", daemon=True)
+        self._thread.start()
+
+    def add(self, entity: str, frame: pl.DataFrame, fingerprints: Prints = None) -> None:
+        """Write `frame` as the entity's file; `fingerprints` (or a function giving them,
+        called in the writer's thread) are stored with it."""
+        self._todo.put((entity, frame, fingerprints))
+
+    def finish(self) -> Path:
+        """Wait for every file, then put the snapshot in place (raises what writing raised)."""
+        self._close()
+        if self._error is not None:
+            raise self._error
+        started = time.perf_counter()
+        parent = self.final.parent
+        fsync_path(self.temp)
+        if self.final.exists():  # a crashed earlier attempt of this same set
+            shutil.rmtree(self.final)
+        os.replace(self.temp, self.final)
+        fsync_path(parent)
+        self.busy += time.perf_counter() - started
+        return self.final
+
+    def abort(self) -> None:
+        """Stop (after the file being written) and remove what was written; no-op once
+        `finish` put the snapshot in place."""
+        self._close()
+        if self.temp.exists():
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._todo.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            started = time.perf_counter()
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp.mkdir()
+            self.busy += time.perf_counter() - started
+            while (item := self._todo.get()) is not None:
+                started = time.perf_counter()
+                self._write(*item)
+                self.busy += time.perf_counter() - started
+        except BaseException as exc:  # raised by finish()
+            self._error = exc
+            while self._todo.get() is not None:  # let add() and _close() go on
+                pass
+
+    def _write(self, entity: str, frame: pl.DataFrame, fingerprints: Prints) -> None:
+        path = self.temp / f"{entity}.parquet"
+        prints = fingerprints() if callable(fingerprints) else fingerprints
         metadata = None
         if prints is not None and prints.hashes.height == frame.height:
             frame = pl.concat([frame, prints.hashes.select(H1, H2)], how="horizontal")
@@ -59,12 +134,6 @@ def write_snapshot(
         # lz4, no statistics: the fastest to write and to read back whole
         frame.write_parquet(path, compression="lz4", statistics=False, metadata=metadata)
         fsync_path(path)
-    fsync_path(temp)
-    if final.exists():  # a crashed earlier attempt of this same set
-        shutil.rmtree(final)
-    os.replace(temp, final)
-    fsync_path(parent)
-    return final
 
 
 def read_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> dict[str, pl.DataFrame]:
