@@ -19,6 +19,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -178,7 +179,7 @@ class EventStore:
             # Pages of 16 KiB for a new database (an existing one keeps its own): a commit
             # of a million events goes in a sixth faster and checkpoints in a third less time.
             self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._set_wal()
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MiB: fewer spills in big commits
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoint, atomic
             self.db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
@@ -218,10 +219,27 @@ class EventStore:
                 f"({len(MIGRATIONS)}); upgrade ingestd"
             )
 
+    def _set_wal(self) -> None:
+        # Switching to WAL takes a lock without waiting for it (no busy handler): when two
+        # processes open a brand-new database at once, one is told "locked". Try again.
+        for attempt in range(100):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.02)
+
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self.db.execute("BEGIN IMMEDIATE")
+            # Another process (the daemon starting while an operator runs a command) may
+            # have applied it while we waited for the lock: read the version again.
+            if self.db.execute("PRAGMA user_version").fetchone()[0] >= number:
+                self.db.execute("COMMIT")
+                continue
             try:
                 for statement in script.split(";"):
                     if statement.strip():

@@ -179,7 +179,10 @@ class SetWorkers:
             store = EventStore.open(self.state_dir)
             with self._stores_lock:
                 self._stores.append(store)
-            pipeline = self._local.pipeline = Pipeline(self.state_dir, store, self.policy)
+            # Each commit syncs the WAL itself; the checkpoint is the daemon's maintenance task.
+            pipeline = self._local.pipeline = Pipeline(
+                self.state_dir, store, self.policy, checkpoint_after_set=False
+            )
         return pipeline
 
     def _process_in_thread(self, set_id: str) -> SetOutcome:
