@@ -6,7 +6,7 @@ outcome, so a crash leaves either all of a set's events or none. Ids come from
 
 A million events must go in at SQLite's own pace, so bulk batches are rendered
 to JSON texts by polars in a second thread while SQLite inserts the previous
-chunk (one prepared statement per batch, one bound text per row). Instead of
+chunk (statements of 200 rows each, one bound text per row). Instead of
 an index on events by tenant (a quarter of the insert cost), `event_batches`
 records each transaction's id range and tenant; tenant queries walk those
 ranges by primary key.
@@ -36,6 +36,7 @@ ANY_SNAPSHOT = object()  # decide_set: no expectation about the tenant's snapsho
 _CHUNK = 20_000  # events rendered at a time
 PAGE_SIZE = 16_384  # of new databases
 _SMALL = 64  # batches up to this size are rendered in the inserting thread
+_ROWS = 200  # events per INSERT statement
 _T = TypeVar("_T")
 
 MIGRATIONS: tuple[str, ...] = (
@@ -478,17 +479,27 @@ class EventStore:
         return (row[0] if row else 0) + 1
 
     def _insert(self, batch: EventBatch, tenant: str, set_id: str | None, created: str) -> None:
-        # One statement per batch with its constant columns as literals: executemany then
-        # binds a single text per row (a third faster than five parameters, and than JSON
-        # arrays through json_each, which SQLite has to parse and unescape again).
+        # Statements of _ROWS rows each (multi-row VALUES), with the batch's constant columns
+        # as literals: executemany binds one text per row, and SQLite's per-statement work
+        # (AUTOINCREMENT bookkeeping among it) is paid once per _ROWS rows. Half the CPU of
+        # a statement per row, and a third less again than JSON arrays through json_each.
         constants = ", ".join(_literal(v) for v in (batch.type, tenant, set_id, created))
-        sql = f"INSERT INTO events (type, tenant, set_id, created, data) VALUES ({constants}, ?)"
         frame, render = batch.frame(), batch.expression()
         if frame.height <= _SMALL:
-            self.db.executemany(sql, zip(frame.select(render).to_series().to_list()))
+            self._insert_texts(constants, frame.select(render).to_series().to_list())
             return
         for chunk in _prefetch(_texts(frame, render)):
-            self.db.executemany(sql, zip(chunk))
+            self._insert_texts(constants, chunk)
+
+    def _insert_texts(self, constants: str, texts: list[str]) -> None:
+        """Insert `texts` in order, as `_ROWS`-row statements and one for the rest."""
+        whole = len(texts) - len(texts) % _ROWS
+        if whole:
+            rows = iter(texts[:whole])
+            self.db.executemany(_values_sql(constants, _ROWS), zip(*[rows] * _ROWS, strict=True))
+        if whole < len(texts):
+            rest = texts[whole:]
+            self.db.execute(_values_sql(constants, len(rest)), rest)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (run after a commit, outside any transaction).
@@ -546,6 +557,14 @@ def _texts(frame: pl.DataFrame, render: pl.Expr) -> Iterator[list[str]]:
     """Each row's JSON text, `_CHUNK` rows at a time."""
     for start in range(0, frame.height, _CHUNK):
         yield frame.slice(start, _CHUNK).select(render).to_series().to_list()
+
+
+def _values_sql(constants: str, rows: int) -> str:
+    """INSERT of `rows` events with the given constant columns, one text parameter each."""
+    one = f"({constants}, ?)"
+    return "INSERT INTO events (type, tenant, set_id, created, data) VALUES " + ",".join(
+        [one] * rows
+    )
 
 
 def _literal(value: str | None) -> str:
