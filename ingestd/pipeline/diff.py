@@ -210,7 +210,7 @@ def fingerprint_probe() -> str:
     the probe they were stored with is the same (polars may change its hash)."""
     values = ["", "a", "sourcedId", 'é,"x"', None]
     probe = fingerprints(pl.DataFrame({"a": values, "b": values[::-1]}), ("a", "b"))
-    return ",".join(str(v) for col in probe.iter_columns() for v in col)
+    return ",".join(str(v) for col in probe.get_columns() for v in col)
 
 
 def _unmatched(new: pl.DataFrame, old: pl.DataFrame) -> tuple[pl.Series | None, pl.Series | None]:

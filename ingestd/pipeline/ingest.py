@@ -6,8 +6,9 @@ change event, marks the set accepted and points the tenant at the snapshot. A
 crash before that transaction commits leaves the old snapshot current and the
 set `received`; `recover()` processes it again, and since events are only
 inserted in that transaction none is lost or duplicated. (The snapshot is
-written in a second thread while the transaction inserts the events; the
-transaction waits for it to be in place before it commits.)
+written by a second thread, each entity as soon as its diff is done, while the
+other entities are diffed and the events inserted; the transaction waits for
+it to be in place before it commits.)
 """
 
 from __future__ import annotations

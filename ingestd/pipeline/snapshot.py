@@ -4,11 +4,11 @@
 fsynced, then renamed into place, so a snapshot folder is always complete. The
 last `retention` snapshots are kept, so any two of them can be diffed again.
 
-Each file may also hold the rows' fingerprints (columns `__h1`, `__h2`; the
-file's metadata names the columns they cover and the hash probe of the polars
-that made them), so the next diff need not hash the old rows again. Files
-without them (older ingestd) are read as they are; their fingerprints are
-computed when needed.
+Each file may also hold the rows' fingerprints (columns `__h1`, `__h2`), so the
+next diff need not hash the old rows again; `fingerprints.json` beside them
+names the columns each file's fingerprints cover and the hash probe of the
+polars that made them. Files without them (older ingestd) are read as they
+are; their fingerprints are computed when needed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ingestd.oneroster import spec
 from ingestd.pipeline.diff import H1, H2, Fingerprints, fingerprint_probe
 
 SNAPSHOTS = "snapshots"
-_FINGERPRINTS = "ingestd.fingerprints"  # parquet metadata key
+FINGERPRINTS = "fingerprints.json"  # {"probe": ..., "columns": {entity: [column, ...]}}
 Prints = Fingerprints | Callable[[], Fingerprints | None] | None
 
 
@@ -69,6 +69,7 @@ class SnapshotWriter:
         self.final = snapshot_dir(state_dir, tenant, set_id)
         self.temp = self.final.parent / f".tmp-{set_id}"
         self.busy = 0.0  # seconds the thread spent writing
+        self._printed: dict[str, list[str]] = {}  # entity -> columns of its fingerprints
         self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
@@ -87,6 +88,11 @@ class SnapshotWriter:
             raise self._error
         started = time.perf_counter()
         parent = self.final.parent
+        if self._printed:
+            about = {"probe": _probe(), "columns": self._printed}
+            path = self.temp / FINGERPRINTS
+            path.write_text(json.dumps(about, sort_keys=True) + "\n", encoding="utf-8")
+            fsync_path(path)
         fsync_path(self.temp)
         if self.final.exists():  # a crashed earlier attempt of this same set
             shutil.rmtree(self.final)
@@ -127,12 +133,11 @@ class SnapshotWriter:
     def _write(self, entity: str, frame: pl.DataFrame, fingerprints: Prints) -> None:
         path = self.temp / f"{entity}.parquet"
         prints = fingerprints() if callable(fingerprints) else fingerprints
-        metadata = None
         if prints is not None and prints.hashes.height == frame.height:
             frame = pl.concat([frame, prints.hashes.select(H1, H2)], how="horizontal")
-            metadata = {_FINGERPRINTS: json.dumps({"columns": prints.columns, "probe": _probe()})}
+            self._printed[entity] = list(prints.columns)
         # lz4, no statistics: the fastest to write and to read back whole
-        frame.write_parquet(path, compression="lz4", statistics=False, metadata=metadata)
+        frame.write_parquet(path, compression="lz4", statistics=False)
         fsync_path(path)
 
 
@@ -151,18 +156,36 @@ def load_snapshot(
     if set_id is None:
         return tables, prints
     folder = snapshot_dir(state_dir, tenant, set_id)
+    printed = _fingerprint_columns(folder)
     for entity in spec.ENTITY_NAMES:
         path = folder / f"{entity}.parquet"
         if not path.exists():
             continue
         frame = pl.read_parquet(path)
         if H1 in frame.columns:
-            meta = json.loads(pl.read_parquet_metadata(path).get(_FINGERPRINTS, "{}"))
-            if meta.get("probe") == _probe() and isinstance(meta.get("columns"), list):
-                prints[entity] = Fingerprints(tuple(meta["columns"]), frame.select(H1, H2))
+            if entity in printed:
+                prints[entity] = Fingerprints(printed[entity], frame.select(H1, H2))
             frame = frame.drop(H1, H2, strict=False)
         tables[entity] = frame
     return tables, prints
+
+
+def _fingerprint_columns(folder: Path) -> dict[str, tuple[str, ...]]:
+    """entity -> the columns its stored fingerprints cover, if this polars made them."""
+    try:
+        about = json.loads((folder / FINGERPRINTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(about, dict) or about.get("probe") != _probe():
+        return {}
+    columns = about.get("columns")
+    if not isinstance(columns, dict):
+        return {}
+    return {
+        e: tuple(c)
+        for e, c in columns.items()
+        if isinstance(c, list) and all(isinstance(x, str) for x in c)
+    }
 
 
 @cache
