@@ -116,11 +116,11 @@ class IngestConfig(_Section):
             raise ValueError(f"unknown entities {unknown}; valid: {', '.join(spec.ENTITY_NAMES)}")
         return value
 
-    def validation_policy(self) -> ValidationPolicy:
-        """The validator's policy as this section sets it."""
+    def validation_policy(self, required_files: list[str] | None = None) -> ValidationPolicy:
+        """The validator's policy as this section sets it (`required_files`: a tenant's own)."""
         return ValidationPolicy(
             max_invalid_rows_percent=self.max_invalid_rows_percent,
-            required_entities=tuple(self.required_files),
+            required_entities=tuple(required_files or self.required_files),
             limits=ReadLimits(
                 max_total_bytes=self.max_zip_total_bytes, max_ratio=self.max_zip_ratio
             ),

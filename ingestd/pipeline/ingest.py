@@ -61,8 +61,9 @@ def tenant_policy(config: Config, tenant: str) -> TenantPolicy:
     ingest, guards = config.ingest, config.safeguards
     own = config.tenants.get(tenant)
     overrides = own.safeguards if own else None
+    required = (own.required_files if own else None) or ingest.required_files
     return TenantPolicy(
-        validation=ingest.validation_policy(),
+        validation=ingest.validation_policy(required),
         safeguards=SafeguardPolicy(
             max_delete_percent=_first(
                 overrides and overrides.max_delete_percent, guards.max_delete_percent
@@ -71,7 +72,7 @@ def tenant_policy(config: Config, tenant: str) -> TenantPolicy:
                 overrides and overrides.max_update_percent, guards.max_update_percent
             ),
             hold_on_empty=guards.hold_on_empty,
-            required_entities=tuple(ingest.required_files),
+            required_entities=tuple(required),
         ),
         diff=DiffOptions(
             ignore_columns=tuple(ingest.ignore_columns),
