@@ -183,6 +183,8 @@ def main() -> None:
         print(f"  peak RSS: {r['peak'] / 1e9:.2f} GB (target <= 2 GB)")
         phases = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
         print(f"  phases (s): {phases}")
+        print("    (read_snapshot runs in a thread beside validate, write_snapshot beside diff")
+        print("    and commit: their times overlap the others and do not add up with them)")
         counts = r["counts"] or {}
         changes = {e: (c["created"], c["updated"], c["deleted"]) for e, c in counts.items()}
         print(f"  created/updated/deleted: {changes}")
