@@ -1,0 +1,819 @@
+"""OneRoster 1.1 REST poller (ClassLink, Aeries, Infinite Campus): the seven rostering
+collections, paged, mapped from the JSON binding to the CSV binding's tables.
+
+Collections
+    `/orgs /academicSessions /courses /classes /users /enrollments /demographics`, top-level
+    only (no nested school endpoints: Aeries lacks them). The base URL is opaque
+    configuration (1.1 `.../ims/oneroster/v1p1`).
+
+Paging
+    `limit` = the tenant's `page_size`, else `DEFAULT_PAGE_SIZE` (1,000: ten times the spec's
+    default of 100, a tenth of ClassLink's cap; a page is ~0.5 MB of JSON for enrollments, so
+    a retry repeats little), `offset` 0-based and advanced by the number of records *received*
+    (servers clamp `limit` to their own cap without saying so), until a page is EMPTY: a
+    short page proves nothing. `Link` headers are not followed (they are optional, sometimes
+    wrong, and Aeries writes `~/ims/...`); absolute, relative or missing links make no
+    difference. The pages of one collection go one after the other (the next offset needs
+    the previous page); the seven collections run concurrently within the client's
+    `max_concurrent` (set `max_concurrent_requests = 1` for Infinite Campus in school hours).
+
+Cost (bench/poll.py: 100,000 students, 1.37 million records, 147 pages of 10,000, fake server
+in another process, 2 shared cores)
+    ~45 s per pull, ~34 s of client CPU: ApiClient's own JSON check 13 s, this poller's JSON
+    decoding 5.5 s and mapping 9.5 s, gzip of the page archive 4.3 s (in a worker thread:
+    zlib runs beside the event loop), HTTP 1.7 s; 0.8 GB peak RSS. The cyclic GC is paused
+    while a page is decoded and mapped (it cost 40% of the client CPU, scanning each page's
+    parse tree again and again), and repeating values are stored once (see `_mapper`).
+    Concurrent collections gain nothing on that bench, whose client is CPU-bound (4 requests
+    in flight or 1: 43-49 s either way); they overlap a real vendor's server time, which is
+    usually the larger part.
+
+Cross-checks (warnings, never failures)
+    `X-Total-Count` (or ClassLink's `x-count`) of the last page against the distinct records
+    received; a total that moved during the pull; records received twice. A pull that paged
+    to an empty page is complete as far as the API can say: the headers are optional and
+    sometimes wrong (SIS-APIS.md), so a disagreement is reported in `Roster.warnings` (and the
+    log) instead of failing every pull of a vendor whose header is off. What would make a
+    short pull dangerous, mass deletes, is held by the pipeline's safeguards.
+
+Records inserted while paging
+    shift the offsets, so a record can come on two pages: records are de-duplicated by
+    sourcedId, the last copy wins, and the count is a warning. (A record *deleted* while
+    paging shifts the other way and one record can be missed; only ClassLink's revision
+    header can tell, see below. A record missed that way shows as a delete.)
+
+Data revision (ClassLink `x-perm-rev`)
+    if it changes between two responses of one pull, the whole pull starts again (the old
+    pages stay in the archive); after `MAX_RESTARTS` restarts the pull fails.
+
+Errors
+    a 200 whose body is not an object, has `{"error": ...}` or a failure `statusInfoSet`, lacks
+    the collection's key or has a non-list there is a PullError, never an empty collection.
+    Demographics answering 403 (not shared) or 404 (not offered) on its first page: pulled
+    without demographics, with a warning (the runner declares the file `absent`, so nothing
+    is deleted). Any other collection answering 403/404 fails the pull. A value of a shape
+    the binding does not allow (an object where a string belongs, ...) fails the pull and
+    names the collection and field (never the value).
+
+Wrapper keys accepted
+    orgs: `orgs`; academicSessions: `academicSessions`, `terms`; courses: `courses`; classes:
+    `classes`; users: `users`, `students`, `teachers`; enrollments: `enrollments`;
+    demographics: `demographics`.
+
+Mapping, JSON field -> CSV column (every entity also: sourcedId, status, dateLastModified
+as sent). GUIDRef `{href, sourcedId, type}` -> its sourcedId (a bare string is taken as the
+sourcedId; `href` is never followed); a list of GUIDRefs -> sourcedIds comma-joined; string
+lists -> comma-joined; `userIds` `[{type, identifier}]` -> `{type:identifier}` comma-joined;
+booleans (JSON or "TRUE"/"True" strings) -> `true`/`false`; numbers -> their text; null or
+missing -> empty. `metadata` is not carried (vendor extensions would churn the diff), nor
+are `children` or `resources`.
+
+    entity            JSON field                 CSV column
+    orgs              name                       name
+                      type                       type
+                      identifier                 identifier
+                      parent (GUIDRef)           parentSourcedId
+    academicSessions  title                      title
+                      type                       type
+                      startDate                  startDate
+                      endDate                    endDate
+                      parent (GUIDRef)           parentSourcedId
+                      schoolYear                 schoolYear
+    courses           schoolYear (GUIDRef)       schoolYearSourcedId
+                      title                      title
+                      courseCode                 courseCode
+                      grades (list)              grades
+                      org (GUIDRef)              orgSourcedId
+                      subjects (list)            subjects
+                      subjectCodes (list)        subjectCodes
+    classes           title                      title
+                      grades (list)              grades
+                      course (GUIDRef)           courseSourcedId
+                      classCode                  classCode
+                      classType                  classType
+                      location                   location
+                      school (GUIDRef)           schoolSourcedId
+                      terms (GUIDRefs)           termSourcedIds
+                      subjects (list)            subjects
+                      subjectCodes (list)        subjectCodes
+                      periods (list)             periods
+    users             enabledUser (bool)         enabledUser
+                      orgs (GUIDRefs)            orgSourcedIds
+                      role                       role
+                      username                   username
+                      userIds (userIds)          userIds
+                      givenName                  givenName
+                      familyName                 familyName
+                      middleName                 middleName
+                      identifier                 identifier
+                      email                      email
+                      sms                        sms
+                      phone                      phone
+                      agents (GUIDRefs)          agentSourcedIds
+                      grades (list)              grades
+                      password                   password
+    demographics      birthDate                  birthDate
+                      sex                        sex
+                      americanIndianOrAlaskaNative (bool)     americanIndianOrAlaskaNative
+                      asian (bool)               asian
+                      blackOrAfricanAmerican (bool)           blackOrAfricanAmerican
+                      nativeHawaiianOrOtherPacificIslander (bool)
+                                                 nativeHawaiianOrOtherPacificIslander
+                      white (bool)               white
+                      demographicRaceTwoOrMoreRaces (bool)    demographicRaceTwoOrMoreRaces
+                      hispanicOrLatinoEthnicity (bool)        hispanicOrLatinoEthnicity
+                      countryOfBirthCode         countryOfBirthCode
+                      stateOfBirthAbbreviation   stateOfBirthAbbreviation
+                      cityOfBirth                cityOfBirth
+                      publicSchoolResidenceStatus             publicSchoolResidenceStatus
+    enrollments       class (GUIDRef)            classSourcedId
+                      school (GUIDRef)           schoolSourcedId
+                      user (GUIDRef)             userSourcedId
+                      role                       role
+                      primary (bool)             primary
+                      beginDate                  beginDate
+                      endDate                    endDate
+
+`status` and `dateLastModified` are kept as the API sends them (the REST binding always
+fills them); in a bulk set the diff treats a blank status as `active` and `tobedeleted` as a
+delete, and ignores dateLastModified, so they change nothing but the validator's note that
+a bulk file carries them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from ingestd.logging import get_logger
+from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, Row, register
+from ingestd.sources.pollers.http import ApiResponse, HttpError
+
+if TYPE_CHECKING:
+    from ingestd.config import TenantConfig
+    from ingestd.sources.pollers.http import ApiClient
+
+DEFAULT_PAGE_SIZE = 1000
+MAX_RESTARTS = 3
+TOTAL_HEADERS = ("x-total-count", "x-count")
+REVISION_HEADER = "x-perm-rev"
+
+
+class Kind(Enum):
+    """How a JSON value becomes a CSV cell."""
+
+    TEXT = "text"  # a string (numbers and booleans as their text)
+    BOOL = "bool"  # true/false, lowercase
+    REF = "ref"  # a GUIDRef -> its sourcedId
+    REFS = "refs"  # a list of GUIDRefs -> sourcedIds comma-joined
+    LIST = "list"  # a list of strings -> comma-joined
+    USER_IDS = "user_ids"  # [{type, identifier}] -> {type:identifier},...
+
+
+T, B, R, RS, L = Kind.TEXT, Kind.BOOL, Kind.REF, Kind.REFS, Kind.LIST
+_COMMON = (("sourcedId", "sourcedId", T), ("status", "status", T),
+           ("dateLastModified", "dateLastModified", T))  # fmt: skip
+_RACES = ("americanIndianOrAlaskaNative", "asian", "blackOrAfricanAmerican",
+          "nativeHawaiianOrOtherPacificIslander", "white", "demographicRaceTwoOrMoreRaces",
+          "hispanicOrLatinoEthnicity")  # fmt: skip
+
+# entity -> (CSV column, JSON field, kind), in the CSV binding's column order.
+MAPPING: dict[str, tuple[tuple[str, str, Kind], ...]] = {
+    "orgs": (
+        *_COMMON,
+        ("name", "name", T),
+        ("type", "type", T),
+        ("identifier", "identifier", T),
+        ("parentSourcedId", "parent", R),
+    ),
+    "academicSessions": (
+        *_COMMON,
+        ("title", "title", T),
+        ("type", "type", T),
+        ("startDate", "startDate", T),
+        ("endDate", "endDate", T),
+        ("parentSourcedId", "parent", R),
+        ("schoolYear", "schoolYear", T),
+    ),
+    "courses": (
+        *_COMMON,
+        ("schoolYearSourcedId", "schoolYear", R),
+        ("title", "title", T),
+        ("courseCode", "courseCode", T),
+        ("grades", "grades", L),
+        ("orgSourcedId", "org", R),
+        ("subjects", "subjects", L),
+        ("subjectCodes", "subjectCodes", L),
+    ),
+    "classes": (
+        *_COMMON,
+        ("title", "title", T),
+        ("grades", "grades", L),
+        ("courseSourcedId", "course", R),
+        ("classCode", "classCode", T),
+        ("classType", "classType", T),
+        ("location", "location", T),
+        ("schoolSourcedId", "school", R),
+        ("termSourcedIds", "terms", RS),
+        ("subjects", "subjects", L),
+        ("subjectCodes", "subjectCodes", L),
+        ("periods", "periods", L),
+    ),
+    "users": (
+        *_COMMON,
+        ("enabledUser", "enabledUser", B),
+        ("orgSourcedIds", "orgs", RS),
+        ("role", "role", T),
+        ("username", "username", T),
+        ("userIds", "userIds", Kind.USER_IDS),
+        ("givenName", "givenName", T),
+        ("familyName", "familyName", T),
+        ("middleName", "middleName", T),
+        ("identifier", "identifier", T),
+        ("email", "email", T),
+        ("sms", "sms", T),
+        ("phone", "phone", T),
+        ("agentSourcedIds", "agents", RS),
+        ("grades", "grades", L),
+        ("password", "password", T),
+    ),
+    "demographics": (
+        *_COMMON,
+        ("birthDate", "birthDate", T),
+        ("sex", "sex", T),
+        *((race, race, B) for race in _RACES),
+        ("countryOfBirthCode", "countryOfBirthCode", T),
+        ("stateOfBirthAbbreviation", "stateOfBirthAbbreviation", T),
+        ("cityOfBirth", "cityOfBirth", T),
+        ("publicSchoolResidenceStatus", "publicSchoolResidenceStatus", T),
+    ),
+    "enrollments": (
+        *_COMMON,
+        ("classSourcedId", "class", R),
+        ("schoolSourcedId", "school", R),
+        ("userSourcedId", "user", R),
+        ("role", "role", T),
+        ("primary", "primary", B),
+        ("beginDate", "beginDate", T),
+        ("endDate", "endDate", T),
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """One collection endpoint: the entity it fills, its path, the keys its list may come
+    under, and whether the roster is complete without it."""
+
+    entity: str
+    path: str
+    keys: tuple[str, ...]
+    optional: bool = False
+
+
+COLLECTIONS: tuple[Collection, ...] = (
+    Collection("orgs", "/orgs", ("orgs",)),
+    Collection("academicSessions", "/academicSessions", ("academicSessions", "terms")),
+    Collection("courses", "/courses", ("courses",)),
+    Collection("classes", "/classes", ("classes",)),
+    Collection("users", "/users", ("users", "students", "teachers")),
+    Collection("demographics", "/demographics", ("demographics",), optional=True),
+    Collection("enrollments", "/enrollments", ("enrollments",)),
+)
+
+
+@dataclass(slots=True)
+class PullStats:
+    """What the last pull did (bench/poll.py): pages, records, restarts; wall-clock seconds
+    waiting for responses (network, server, ApiClient's own checks; summed over the
+    collections pulled at once) and writing pages to the archive (in its thread, queueing
+    included); CPU seconds decoding JSON and mapping records to rows."""
+
+    pages: int = 0
+    records: int = 0
+    restarts: int = 0
+    fetch_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    map_seconds: float = 0.0
+    archive_seconds: float = 0.0
+
+
+class _RevisionChanged(Exception):
+    """x-perm-rev changed between two responses: the pull must start again."""
+
+
+class _Revision:
+    """The data revision (x-perm-rev) of one pull attempt."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def check(self, value: str | None, entity: str) -> None:
+        if value is None:
+            return
+        if self.value is None:
+            self.value = value
+        elif value != self.value:
+            raise _RevisionChanged(entity)
+
+
+@dataclass(slots=True)
+class _Pulled:
+    """One collection's result within a pull attempt."""
+
+    rows: list[Row] | None  # None: not shared (an optional collection)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Rows:
+    """The rows of one collection, page after page, de-duplicated by sourcedId."""
+
+    def __init__(
+        self, collection: Collection, mapper: Callable[[Any], Row], stats: PullStats
+    ) -> None:
+        self.collection = collection
+        self.mapper = mapper
+        self.stats = stats
+        self.seen: dict[Any, Row] = {}
+        self.repeated = 0
+
+    def absorb(self, response: ApiResponse) -> tuple[int, int]:
+        """Decode and map one page: (records on it, records not seen before).
+
+        The cyclic GC is paused meanwhile (no await in here, so nothing else of the event
+        loop runs): the page's parse tree is tens of thousands of acyclic containers, and
+        every collection the allocations would trigger scans them all again for nothing
+        (measured: 40% of the client's CPU time on a 100,000-student pull). The tree is
+        freed by reference counting before the GC resumes."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            started = time.thread_time()
+            records = _records(self.collection, response)
+            decoded = time.thread_time()
+            seen, mapper = self.seen, self.mapper
+            received, new = len(records), 0
+            for record in records:
+                row = mapper(record)
+                key = row.get("sourcedId") or (None, len(seen))
+                if key in seen:
+                    self.repeated += 1
+                else:
+                    new += 1
+                seen[key] = row  # the last copy wins (and keeps the first one's place)
+            del records
+            stats = self.stats
+            stats.pages += 1
+            stats.records += received
+            stats.decode_seconds += decoded - started
+            stats.map_seconds += time.thread_time() - decoded
+            return received, new
+        finally:
+            if paused:
+                gc.enable()
+
+
+class _Archive:
+    """Gives each page to the PageArchive in a worker thread (gzip releases the GIL, so it
+    runs beside the event loop's JSON work), one page at a time and in arrival order, with
+    at most `AHEAD` pages waiting (their bodies are held in memory meanwhile)."""
+
+    AHEAD = 8
+
+    def __init__(self, pages: PageArchive, stats: PullStats) -> None:
+        self.pages = pages
+        self.stats = stats
+        self.room = asyncio.Semaphore(self.AHEAD)
+        self.turn = asyncio.Lock()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def keep(self, collection: str, response: ApiResponse) -> None:
+        """Queue one page (waits only when `AHEAD` pages are already waiting)."""
+        await self.room.acquire()
+        self.tasks.append(asyncio.create_task(self._write(collection, response)))
+
+    async def _write(self, collection: str, response: ApiResponse) -> None:
+        try:
+            async with self.turn:
+                started = time.perf_counter()
+                await asyncio.to_thread(
+                    self.pages.record, collection, response.url, response.status, response.content
+                )
+                self.stats.archive_seconds += time.perf_counter() - started
+        finally:
+            self.room.release()
+
+    async def drain(self, *, check: bool = True) -> None:
+        """Wait until every queued page is written; with `check`, the first failure (disk
+        full...) fails the pull."""
+        tasks, self.tasks = self.tasks, []
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if check and isinstance(result, BaseException):
+                raise PullError(
+                    f"cannot keep the pages of the pull ({result.__class__.__name__})",
+                    "archive_failed",
+                ) from result
+
+
+@register("oneroster")
+class OneRosterPoller:
+    """Pulls a whole OneRoster 1.1 roster through REST; see the module docstring."""
+
+    source = "oneroster"
+
+    def __init__(self, tenant: TenantConfig, client: ApiClient, pages: PageArchive) -> None:
+        self.tenant = tenant
+        self.client = client
+        self.pages = pages
+        self.page_size = tenant.page_size or DEFAULT_PAGE_SIZE
+        self.log = get_logger(tenant=tenant.id, source=self.source)
+        self.stats = PullStats()
+
+    # --- pull ------------------------------------------------------------------------------
+
+    async def pull(self) -> Roster:
+        """The whole roster, or PullError (never a partial roster)."""
+        self.stats = PullStats()
+        for attempt in range(MAX_RESTARTS + 1):
+            try:
+                return await self._attempt()
+            except _RevisionChanged as exc:
+                self.stats.restarts += 1
+                self.log.warning(
+                    "poll.restart", reason="revision_changed", collection=str(exc), attempt=attempt
+                )
+        raise PullError(
+            f"the data changed during the pull {MAX_RESTARTS + 1} times in a row (x-perm-rev); "
+            "the SIS is being updated: the next scheduled pull will try again",
+            "data_changing",
+        )
+
+    async def _attempt(self) -> Roster:
+        revision = _Revision()
+        results: dict[str, _Pulled] = {}
+        shared: dict[str, str] = {}
+        archive = _Archive(self.pages, self.stats)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for collection in COLLECTIONS:
+                    group.create_task(
+                        self._collection(collection, revision, results, shared, archive)
+                    )
+        except BaseExceptionGroup as errors:
+            await archive.drain(check=False)  # the pages of a failed pull are kept too
+            raise _most_telling(errors) from None
+        await archive.drain()
+        roster = Roster()
+        for collection in COLLECTIONS:
+            pulled = results[collection.entity]
+            roster.warnings += pulled.warnings
+            if pulled.rows is not None:
+                roster.tables[collection.entity] = pulled.rows
+        return roster
+
+    async def _collection(
+        self,
+        collection: Collection,
+        revision: _Revision,
+        results: dict[str, _Pulled],
+        shared: dict[str, str],
+        archive: _Archive,
+    ) -> None:
+        entity = collection.entity
+        taken = _Rows(collection, _mapper(entity, shared), self.stats)
+        warnings: list[str] = []
+        totals: list[int] = []
+        offset = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self.client.get(
+                    collection.path, params={"limit": self.page_size, "offset": offset}
+                )
+            except HttpError as exc:
+                if collection.optional and offset == 0 and exc.status in (403, 404):
+                    why = "not shared with this application" if exc.status == 403 else (
+                        "not offered by this API"
+                    )  # fmt: skip
+                    warnings.append(
+                        f"{entity}: {why} (HTTP {exc.status}); pulled without {entity} "
+                        "(the set declares the file absent: nothing is deleted)"
+                    )
+                    self.log.warning("poll.not_shared", collection=entity, status=exc.status)
+                    results[entity] = _Pulled(None, warnings)
+                    return
+                raise
+            self.stats.fetch_seconds += time.perf_counter() - started
+            await archive.keep(entity, response)
+            revision.check(response.headers.get(REVISION_HEADER), entity)
+            total = _total(response)
+            if total is not None:
+                totals.append(total)
+            received, new = taken.absorb(response)
+            if not received:
+                break
+            if not new:
+                raise PullError(
+                    f"{entity}: the page at offset {offset} holds only records already "
+                    "received: the API ignores `offset`",
+                    "paging_stuck",
+                )
+            offset += received
+        rows = list(taken.seen.values())
+        if taken.repeated:
+            warnings.append(
+                f"{entity}: {taken.repeated:,} records came on two pages (records were added "
+                "while paging); the last copy of each was kept"
+            )
+        if totals:
+            if len(set(totals)) > 1:
+                warnings.append(
+                    f"{entity}: the API's record count moved from {totals[0]:,} to "
+                    f"{totals[-1]:,} during the pull (records were added or removed meanwhile)"
+                )
+            if totals[-1] != len(rows):
+                warnings.append(
+                    f"{entity}: the API's record count says {totals[-1]:,}, {len(rows):,} "
+                    "distinct records were received (paged to an empty page)"
+                )
+        if warnings:
+            self.log.warning("poll.cross_check", collection=entity, warnings=len(warnings))
+        results[entity] = _Pulled(rows, warnings)
+
+    # --- check -----------------------------------------------------------------------------
+
+    async def check(self) -> list[CheckLine]:
+        """One record of each collection: what is shared, and how many records there are."""
+        return list(await asyncio.gather(*(self._check_one(c) for c in COLLECTIONS)))
+
+    async def _check_one(self, collection: Collection) -> CheckLine:
+        entity = collection.entity
+        try:
+            response = await self.client.get(collection.path, params={"limit": 1, "offset": 0})
+            records = _records(collection, response)
+            mapper = _mapper(entity, {})
+            for record in records:
+                mapper(record)
+        except HttpError as exc:
+            if exc.status == 403:
+                return CheckLine(entity, False, "not shared (403)")
+            if exc.status == 404:
+                return CheckLine(entity, False, "not offered by this API (404)")
+            return CheckLine(entity, False, exc.message)
+        except PullError as exc:
+            return CheckLine(entity, False, exc.message)
+        total = _total(response)
+        of = f" of {total:,}" if total is not None else ""
+        return CheckLine(entity, True, f"shared ({len(records)}{of} records read)")
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def _total(response: ApiResponse) -> int | None:
+    """The record count the server claims (X-Total-Count, or ClassLink's x-count)."""
+    for name in TOTAL_HEADERS:
+        value = response.headers.get(name)
+        if value is not None:
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
+def _records(collection: Collection, response: ApiResponse) -> list[Any]:
+    """The list of records a 200 page holds; PullError if the body is not a collection page."""
+    entity = collection.entity
+    body = response.json()
+    if not isinstance(body, dict):
+        raise PullError(
+            f"{entity}: the API answered 200 with {_json_type(body)}, not an object",
+            "bad_page",
+        )
+    if body.get("error") or _failed(body.get("statusInfoSet")):
+        raise PullError(
+            f"{entity}: the API answered 200 with an error: {_error_text(body)}", "error_page"
+        )
+    for key in collection.keys:
+        if key in body:
+            records = body[key]
+            if not isinstance(records, list):
+                raise PullError(
+                    f"{entity}: `{key}` in the API's answer is {_json_type(records)}, not an array",
+                    "bad_page",
+                )
+            return records
+    found = ", ".join(sorted(str(k)[:40] for k in body)[:8]) or "nothing"
+    raise PullError(
+        f"{entity}: the API's answer has no `{collection.keys[0]}` list (it holds {found})",
+        "bad_page",
+    )
+
+
+def _failed(info: Any) -> bool:
+    """True when a statusInfoSet reports a failure."""
+    if isinstance(info, dict):
+        info = [info]
+    if not isinstance(info, list):
+        return False
+    return any(
+        isinstance(i, dict) and str(i.get("imsx_codeMajor", "")).lower() == "failure" for i in info
+    )
+
+
+def _error_text(body: dict[str, Any]) -> str:
+    """A short vendor-written description of an error body (never roster data)."""
+    info = body.get("statusInfoSet")
+    if isinstance(info, dict):
+        info = [info]
+    if isinstance(info, list):
+        for i in info:
+            if isinstance(i, dict) and i.get("imsx_description"):
+                return str(i["imsx_description"])[:200]
+    error = body.get("error")
+    if isinstance(error, str):
+        description = body.get("error_description")
+        return (error + (f" ({description})" if isinstance(description, str) else ""))[:200]
+    if isinstance(error, dict):
+        for key in ("message", "description", "code"):
+            if isinstance(error.get(key), str):
+                return error[key][:200]
+    return "no description"
+
+
+def _most_telling(errors: BaseExceptionGroup) -> BaseException:
+    """The one exception a failed attempt raises: a PullError first (the pull failed), then a
+    revision change (start again), then anything else (a bug: let it through)."""
+    leaves: list[BaseException] = []
+
+    def walk(group: BaseExceptionGroup) -> None:
+        for exc in group.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.append(exc)
+
+    walk(errors)
+    for kind in (PullError, _RevisionChanged):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
+
+
+# --- mapping -----------------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words ("an object", "a number"...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "a number",
+            float: "a number"}.get(type(value), "null")  # fmt: skip
+
+
+class _Shape(Exception):
+    """A value of a shape the binding does not allow (caught per record, re-raised as
+    PullError naming the entity and field)."""
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise _Shape(f"{_json_type(value)} where text belongs")
+
+
+def _bool(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        low = value.strip().lower()
+        return low if low in ("true", "false") else value
+    return _text(value)
+
+
+def _ref(value: Any) -> str:
+    if isinstance(value, dict):
+        return _text(value.get("sourcedId"))
+    if isinstance(value, str):  # a bare sourcedId
+        return value
+    if value is None:
+        return ""
+    raise _Shape(f"{_json_type(value)} where a GUIDRef belongs")
+
+
+def _refs(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_ref(v) for v in value)
+    return _ref(value)  # one GUIDRef (or sourcedId) where a list belongs
+
+
+def _list(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    return _text(value)  # already comma-separated text
+
+
+def _user_ids(value: Any) -> str:
+    if isinstance(value, str):  # already {type:id},... text
+        return value
+    if not isinstance(value, list):
+        raise _Shape(f"{_json_type(value)} where a list of userIds belongs")
+    items = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise _Shape(f"{_json_type(item)} where a userId object belongs")
+        items.append(f"{{{_text(item.get('type'))}:{_text(item.get('identifier'))}}}")
+    return ",".join(items)
+
+
+_CONVERT: dict[Kind, Callable[[Any], str]] = {
+    Kind.TEXT: _text,
+    Kind.BOOL: _bool,
+    Kind.REF: _ref,
+    Kind.REFS: _refs,
+    Kind.LIST: _list,
+    Kind.USER_IDS: _user_ids,
+}
+# Columns whose values are mostly distinct: not worth sharing (see _mapper).
+_DISTINCT = frozenset({"sourcedId", "username", "userIds", "identifier", "email", "sms", "phone",
+                       "password", "agentSourcedIds"})  # fmt: skip
+
+
+def _mapper(entity: str, shared: dict[str, str]) -> Callable[[Any], Row]:
+    """A function turning one JSON record of `entity` into a CSV row (absent values are left
+    out of the row: the writer fills them with empty cells).
+
+    Values that repeat across records (status, dates, roles, references...) are stored once:
+    `shared` maps each such value to its first copy. JSON decoding makes a new string for
+    every occurrence, and a 100,000-student pull holds 1.4 million rows: sharing takes about
+    half off the memory of the enrollments' rows and 30% off the users' (measured)."""
+    distinct = tuple(
+        (col, key) for col, key, kind in MAPPING[entity] if kind is Kind.TEXT and col in _DISTINCT
+    )
+    repeated = tuple(
+        (col, key)
+        for col, key, kind in MAPPING[entity]
+        if kind is Kind.TEXT and col not in _DISTINCT
+    )
+    refs = tuple((col, key) for col, key, kind in MAPPING[entity] if kind is Kind.REF)
+    converted = tuple(
+        (col, key, _CONVERT[kind], col not in _DISTINCT)
+        for col, key, kind in MAPPING[entity]
+        if kind is not Kind.TEXT and kind is not Kind.REF
+    )
+    share = shared.setdefault
+
+    def map_record(record: Any) -> Row:
+        if type(record) is not dict:
+            raise PullError(
+                f"{entity}: a record of the API's answer is {_json_type(record)}, not an object",
+                "bad_record",
+            )
+        row: Row = {}
+        key = ""
+        try:
+            for col, key in distinct:
+                value = record.get(key)
+                if type(value) is str:
+                    row[col] = value
+                elif value is not None:
+                    row[col] = _text(value)
+            for col, key in repeated:
+                value = record.get(key)
+                if value is not None:
+                    if type(value) is not str:
+                        value = _text(value)
+                    row[col] = share(value, value)
+            for col, key in refs:  # _ref inlined for the usual GUIDRef: a third of all values
+                value = record.get(key)
+                if value is not None:
+                    if type(value) is dict and type(sid := value.get("sourcedId")) is str:
+                        value = sid
+                    else:
+                        value = _ref(value)
+                    row[col] = share(value, value)
+            for col, key, convert, shares in converted:
+                value = record.get(key)
+                if value is not None:
+                    value = convert(value)
+                    row[col] = share(value, value) if shares else value
+        except _Shape as exc:
+            raise PullError(f"{entity}: field `{key}` holds {exc}", "bad_record") from None
+        return row
+
+    return map_record
