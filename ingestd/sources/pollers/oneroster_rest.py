@@ -562,10 +562,12 @@ class OneRosterPoller:
             for record in records:
                 mapper(record)
         except HttpError as exc:
+            optional = entity == "demographics"  # pulls go without it, with a warning
+            suffix = "; pulls go without it" if optional else "; pulls will fail"
             if exc.status == 403:
-                return CheckLine(entity, False, "not shared (403)")
+                return CheckLine(entity, optional, f"not shared (403){suffix}")
             if exc.status == 404:
-                return CheckLine(entity, False, "not offered by this API (404)")
+                return CheckLine(entity, optional, f"not offered by this API (404){suffix}")
             return CheckLine(entity, False, exc.message)
         except PullError as exc:
             return CheckLine(entity, False, exc.message)

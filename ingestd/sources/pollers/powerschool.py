@@ -605,12 +605,16 @@ class PowerSchoolPoller:
         """Authenticate, then read one record of each list: shared or not, and how many."""
         lines: list[CheckLine] = []
 
-        async def probe(name: str, job: Callable[[], Awaitable[str]]) -> str | None:
+        async def probe(
+            name: str, job: Callable[[], Awaitable[str]], optional: bool = False
+        ) -> str | None:
             try:
                 detail = await job()
             except HttpError as exc:
                 word = {403: "not shared", 404: "not available"}.get(exc.status, "failing")
-                lines.append(CheckLine(name, False, f"{word} (HTTP {exc.status})"))
+                fine = optional and exc.status in (403, 404)  # a pull goes on without it
+                why = "; pulls go without it" if fine else ""
+                lines.append(CheckLine(name, fine, f"{word} (HTTP {exc.status}){why}"))
                 return None
             except PullError as exc:
                 lines.append(CheckLine(name, False, exc.message))
@@ -645,7 +649,7 @@ class PowerSchoolPoller:
             return job
 
         await probe("metadata", metadata)
-        await probe("district", district)
+        await probe("district", district, optional=True)
         if await probe("schools", one(SCHOOLS, "/ws/v1/district/school")) and "schools" in first:
             base = f"/ws/v1/school/{_id(first['schools'], 'school')}"
             await probe("terms", one(TERMS, base + "/term"))
@@ -658,7 +662,7 @@ class PowerSchoolPoller:
                 path = f"/ws/v1/section/{_id(first['sections'], 'section')}/section_enrollment"
                 await probe("section_enrollments", one(SECTION_ENROLLMENTS, path))
         await probe("guardians", one(GUARDIANS, f"/ws/schema/query/{GUARDIAN_QUERY}",
-                                     query=True))  # fmt: skip
+                                     query=True), optional=True)  # fmt: skip
         return lines
 
 

@@ -721,8 +721,9 @@ def test_check_reports_what_is_shared(district: Path) -> None:
     assert [line.collection for line in lines] == [c.entity for c in oneroster_rest.COLLECTIONS]
     users = fake.tables["users"].height
     assert by["users"].ok and by["users"].detail == f"shared (1 of {users:,} records read)"
-    assert by["demographics"] == CheckLine("demographics", False, "not shared (403)")
-    assert not by["courses"].ok and "404" in by["courses"].detail
+    optional = "not shared (403); pulls go without it"  # a pull goes on without it
+    assert by["demographics"] == CheckLine("demographics", True, optional)
+    assert not by["courses"].ok and "404" in by["courses"].detail  # a pull would fail
     assert all(r.query == [("limit", "1"), ("offset", "0")] for r in fake.server.requests)
 
 
