@@ -13,6 +13,7 @@ Every request is recorded in `server.requests` (path, query, headers) for assert
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -380,3 +381,16 @@ class OAuth1Verifier:
             return "signature mismatch"
         self.nonces.add(nonce)
         return None
+
+
+class Sleeps:
+    """ApiClient's `sleep` in tests: records each wait asked for; waits that long only with
+    `real` (otherwise it just yields), so retry tests run at once."""
+
+    def __init__(self, real: bool = False) -> None:
+        self.waits: list[float] = []
+        self.real = real
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(seconds if self.real else 0)

@@ -60,6 +60,7 @@ from tests.sources.pollers.fake_clever import (
     sis_id,
     term_of,
 )
+from tests.sources.pollers.fakehttp import Sleeps
 
 TENANT = "cedar-valley"
 PAGE = 50  # ~150 students and ~230 contacts: several pages each
@@ -75,18 +76,6 @@ TWO = "demographicRaceTwoOrMoreRaces"
 
 
 # --- fixtures and helpers ------------------------------------------------------------------
-
-
-class Sleeps:
-    """ApiClient's sleep: records each wait; waits for real only with `real`."""
-
-    def __init__(self, real: bool = False) -> None:
-        self.waits: list[float] = []
-        self.real = real
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await asyncio.sleep(seconds if self.real else 0)
 
 
 @pytest.fixture(scope="module")

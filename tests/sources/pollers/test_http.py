@@ -25,21 +25,11 @@ from tests.sources.pollers.fakehttp import (
     OAuth2Issuer,
     Reply,
     Request,
+    Sleeps,
     StaticBearer,
 )
 
 BASE = "/ims/oneroster/v1p1"
-
-
-class Sleeps:
-    """ApiClient's sleep: records the waits asked for, waits a token amount."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ from tests.sources.pollers.fake_oneroster import (
     Scenario,
     read_district,
 )
-from tests.sources.pollers.fakehttp import OAuth1Verifier, OAuth2Issuer, Reply, StaticBearer
+from tests.sources.pollers.fakehttp import OAuth1Verifier, OAuth2Issuer, Reply, Sleeps, StaticBearer
 
 TENANT = "lakeview"
 TOKEN = "static-token-1"
@@ -65,17 +65,6 @@ PAGE = 100  # page size asked for in these tests: enrollments come in ~20 pages
 
 
 # --- fixtures and helpers ------------------------------------------------------------------
-
-
-class Sleeps:
-    """ApiClient's sleep: records the waits asked for, waits a token amount."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture(scope="module")

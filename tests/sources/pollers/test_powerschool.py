@@ -55,6 +55,7 @@ from tests.sources.pollers.fake_powerschool import (
     from_oneroster,
     read_csv,
 )
+from tests.sources.pollers.fakehttp import Sleeps
 
 TENANT = "riverbend-ps"
 SMALL_CAPS = {
@@ -70,17 +71,6 @@ SMALL_CAPS = {
 # The failure scenarios: still several pages per school list, one page per section.
 FAULT_CAPS = {**SMALL_CAPS, "section_enrollment": 50, "schema_table_query": 100}
 SORTED_LISTS = ("orgSourcedIds", "agentSourcedIds")
-
-
-class Sleeps:
-    """ApiClient's sleep: records the waits asked for, waits a token amount."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await asyncio.sleep(0)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
