@@ -11,16 +11,26 @@ Uploads are atomic: bytes go to a hidden temp file in the target folder and
 are renamed to the final name only on close, after an fsync; a session that
 ends without closing removes its temp files. Disk I/O runs in threads, so one
 slow disk write does not stall every other school's session.
+
+The write path is the hot one: a request only copies its bytes into the
+upload's current buffer and returns; each full buffer is queued for a thread
+(pwrite, then sha256 of the same bytes) while the next ones fill, so the
+session waits for the disk only when the disk falls `_QUEUED_WRITES` buffers
+behind. An upload's disk operations run one at a time, in order (`_DiskQueue`);
+its file descriptor is closed only once none is running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import posixpath
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +56,9 @@ FILE_MODE = 0o640
 DIR_MODE = 0o750
 MAX_PATH_BYTES = 1024
 _DISK_CHECK_BYTES = 16 << 20  # re-check free space every 16 MiB written
-_FLUSH_BYTES = 1 << 20
+_FLUSH_BYTES = 2 << 20  # bytes gathered per disk write (fewer thread hand-offs: less GIL churn)
+_QUEUED_WRITES = 2  # full buffers an upload may have queued for (or in) a disk write
+_FIRST_BUFFER_BYTES = 64 << 10  # small uploads (most CSVs) never need a whole buffer
 
 # SFTPv5/6 open dispositions (asyncssh.constants)
 _ACE4_READ_DATA = 0x1
@@ -82,15 +94,128 @@ class _Upload:
     final: Path
     name: str
     started: float = field(default_factory=time.monotonic)
-    size: int = 0
-    written: int = 0
+    size: int = 0  # the end of the furthest write received (kept by the event loop)
     since_disk_check: int = 0
+    # Kept by the thread doing the disk operation in flight (read by the loop once it is done):
+    written: int = 0
     hashed: int = 0  # bytes fed to `digest`, in order
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # type: ignore[name-defined]
     in_order: bool = True
-    pending: bytearray = field(default_factory=bytearray)  # contiguous bytes not yet written
+    # Contiguous bytes not yet handed to the disk: buffer[:filled] belongs at offset pending_at.
+    buffer: bytearray | None = None
+    filled: int = 0
     pending_at: int = 0
+    disk: _DiskQueue = field(init=False)
     failed: str | None = None  # why a write failed: the upload is never published
+
+    def __post_init__(self) -> None:
+        self.disk = _DiskQueue(self)
+
+
+class _DiskQueue:
+    """One upload's disk operations, run in threads one at a time and in order.
+
+    Full buffers are queued (`write`) without waiting for the disk; a request waits only
+    when `_QUEUED_WRITES` operations are already queued or running. A failed operation
+    fails the upload and drops what is still queued. `close_when_idle` closes the
+    descriptor and removes the temp file once no operation runs (never under a running
+    pwrite: the descriptor's number could be reused by another file meanwhile).
+    """
+
+    def __init__(self, upload: _Upload) -> None:
+        self.upload = upload
+        # (function, arguments, buffer to reuse once done, the caller's future)
+        self.queue: deque[
+            tuple[Callable[..., object], tuple[object, ...], bytearray | None, asyncio.Future]
+        ] = deque()
+        self.running: asyncio.Future[object] | None = None
+        self.free: list[bytearray] = []  # written buffers, ready to be filled again
+        self.buffers = 0  # full-size buffers made for this upload
+        self.waiters: list[asyncio.Future[None]] = []
+        self.closing = False
+
+    @property
+    def pending(self) -> int:
+        """Operations queued or running."""
+        return len(self.queue) + (self.running is not None)
+
+    def submit(
+        self, fn: Callable[..., object], *args: object, reuse: bytearray | None = None
+    ) -> asyncio.Future[object]:
+        """Queue fn(*args) for a thread; its result (or exception) lands in the future."""
+        result: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        # Failures are read from `upload.failed`: an unread exception is not an error here.
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.queue.append((fn, args, reuse, result))
+        if self.running is None:
+            self._next()
+        return result
+
+    async def wait(self, pending: int = 0) -> None:
+        """Until at most `pending` operations are queued or running; raise if one failed."""
+        while self.pending > max(pending, 0):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+        if self.upload.failed:
+            raise asyncssh.SFTPFailure(self.upload.failed)
+
+    async def buffer(self) -> bytearray:
+        """A full-size buffer to fill: a written one, else a new one (at most
+        `_QUEUED_WRITES + 1` per upload: then wait for a write to finish)."""
+        while not self.free and self.buffers > _QUEUED_WRITES and self.pending:
+            await self.wait(self.pending - 1)
+        if self.free:
+            return self.free.pop()
+        self.buffers += 1
+        return bytearray(_FLUSH_BYTES)
+
+    def close_when_idle(self) -> None:
+        """Drop what is queued; close the descriptor and remove the temp file once no
+        operation runs (once: a second close could hit a reused descriptor number)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._drop_queued()
+        if self.running is None:
+            _discard(self.upload)
+
+    def _drop_queued(self) -> None:
+        for _, _, _, result in self.queue:
+            result.cancel()
+        self.queue.clear()
+
+    def _next(self) -> None:
+        fn, args, reuse, result = self.queue.popleft()
+        running = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        running.add_done_callback(lambda _: self._done(running, reuse, result))
+        self.running = running
+
+    def _done(
+        self, running: asyncio.Future[object], reuse: bytearray | None, result: asyncio.Future
+    ) -> None:
+        self.running = None
+        if reuse is not None:
+            self.free.append(reuse)
+        exc = None if running.cancelled() else running.exception()
+        if exc is not None and not self.upload.failed:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            self.upload.failed = f"the server could not save the file ({why})"
+        if not result.done():
+            if exc is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result(running.result())
+        if self.upload.failed:
+            self._drop_queued()  # nothing more is written to a failed upload
+        if self.closing:
+            _discard(self.upload)
+        elif self.queue:
+            self._next()
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 def _deny(what: str) -> asyncssh.SFTPPermissionDenied:
@@ -119,7 +244,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         self.limits = limits
         self.on_upload = on_upload
         self.log = get_logger(tenant=tenant, conn=chan.get_extra_info("peername", ("?", 0))[0])
-        self._uploads: set[_Upload] = set()
+        self._uploads: set[_Upload] = set()  # open
+        self._finishing: set[_Upload] = set()  # being closed (fsync, rename)
 
     # --- paths -------------------------------------------------------------------------
 
@@ -195,7 +321,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         """fstat of an open upload (its size so far)."""
         upload = self._upload(file_obj)
         await self._flush(upload)
-        st = await asyncio.to_thread(os.fstat, upload.fd)
+        st = await self._disk(upload, os.fstat, upload.fd)
+        assert isinstance(st, os.stat_result)
         return self._attrs(st)
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
@@ -350,7 +477,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         """Write at `offset` (off the event loop), within the file, inbox and disk limits."""
         upload = self._upload(file_obj)
-        end = offset + len(data)
+        size = len(data)
+        end = offset + size
         if upload.failed:
             raise asyncssh.SFTPFailure(upload.failed)
         try:
@@ -359,39 +487,69 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                 raise asyncssh.SFTPQuotaExceeded(
                     f"file too large: the limit is {self.limits.max_file_bytes} bytes"
                 )
-            grow = max(0, end - upload.size)
-            if grow:
-                await self._check_space(grow, upload)
+            grow = end - upload.size
+            if grow > 0:
+                upload.since_disk_check += grow
+                if upload.since_disk_check >= _DISK_CHECK_BYTES:
+                    upload.since_disk_check = 0
+                    await self._check_space(grow)
         except asyncssh.SFTPError as exc:
             upload.failed = exc.reason
             raise
-        # Clients write in order, 32-256 KiB a request: gather contiguous writes and hand
-        # the disk 1 MiB at a time, instead of one thread hop per request. The bytes are
-        # safe only after close() anyway (fsync, then rename).
-        pending = upload.pending
-        if pending and offset == upload.pending_at + len(pending):
-            pending.extend(data)
-        else:
+        # Clients write in order, 32-256 KiB a request: gather contiguous writes and queue
+        # them for the disk _FLUSH_BYTES at a time without waiting for it (the bytes are
+        # safe only after close() anyway: fsync, then rename; a failed write fails the upload).
+        filled = upload.filled
+        if filled and (offset != upload.pending_at + filled or filled + size > _FLUSH_BYTES):
             await self._flush(upload)
+            filled = 0
+        if not filled:
             upload.pending_at = offset
-            upload.pending.extend(data)
-        upload.size = max(upload.size, end)
-        if len(upload.pending) >= _FLUSH_BYTES:
-            await self._flush(upload)
-        return len(data)
+        if size >= _FLUSH_BYTES:  # larger than a buffer: queued as it is
+            await upload.disk.wait(_QUEUED_WRITES - 1)
+            upload.disk.submit(_write, upload, offset, data)
+        else:
+            buffer = upload.buffer
+            need = filled + size
+            if buffer is None or len(buffer) < need:
+                if upload.disk.buffers or need >= _FIRST_BUFFER_BYTES:
+                    grown = await upload.disk.buffer()
+                else:  # the first bytes of an upload: a small buffer
+                    grown = bytearray(_FIRST_BUFFER_BYTES)
+                if filled:
+                    assert buffer is not None
+                    memoryview(grown)[:filled] = memoryview(buffer)[:filled]
+                upload.buffer = buffer = grown
+            # Through a memoryview: one copy (bytearray slice assignment from bytes makes a
+            # temporary bytearray first, a second copy).
+            memoryview(buffer)[filled:need] = data
+            upload.filled = need
+            if need == _FLUSH_BYTES:
+                await self._flush(upload)
+        if end > upload.size:
+            upload.size = end
+        return size
 
     async def _flush(self, upload: _Upload) -> None:
-        if upload.pending:
-            data, upload.pending = bytes(upload.pending), bytearray()
-            # Requests of one session come one after another: the thread owns the upload.
-            await asyncio.to_thread(_write, upload, upload.pending_at, data)
+        """Queue the gathered bytes for the disk (waiting only while the queue is full)."""
+        if upload.filled:
+            assert upload.buffer is not None
+            buffer, size = upload.buffer, upload.filled
+            upload.buffer, upload.filled = None, 0
+            await upload.disk.wait(_QUEUED_WRITES - 1)
+            reuse = buffer if len(buffer) == _FLUSH_BYTES else None
+            upload.disk.submit(
+                _write, upload, upload.pending_at, memoryview(buffer)[:size], reuse=reuse
+            )
 
-    async def _check_space(self, grow: int, upload: _Upload | None = None) -> None:
-        if upload is not None:
-            upload.since_disk_check += grow
-            if upload.since_disk_check < _DISK_CHECK_BYTES:
-                return
-            upload.since_disk_check = 0
+    async def _disk(self, upload: _Upload, fn: Callable[..., object], *args: object) -> object:
+        """fn(*args) in a thread once the queued writes are done; a failure fails the upload
+        (after a failed fsync, Linux may report the next one as fine with the data lost)."""
+        result = upload.disk.submit(fn, *args)
+        await upload.disk.wait()
+        return result.result()
+
+    async def _check_space(self, grow: int) -> None:
         free, used = await asyncio.to_thread(self._disk_and_inbox)
         if free - grow < self.limits.min_free_bytes:
             self.log.error("sftp.disk_floor", free_bytes=free)
@@ -415,7 +573,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         """fsync the upload's temp file."""
         upload = self._upload(file_obj)
         await self._flush(upload)
-        await asyncio.to_thread(os.fsync, upload.fd)
+        await self._disk(upload, os.fsync, upload.fd)
 
     async def close(self, file_obj: object) -> None:
         """Finish an upload: fsync, rename into place, fsync the folder, tell the watcher."""
@@ -427,12 +585,26 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             if upload.failed:
                 raise asyncssh.SFTPFailure(f"upload discarded: {upload.failed}")
             return
+        # Closing: the session's end no longer abandons it, but it is still in flight (a
+        # stopping server waits for it).
         self._uploads.discard(upload)
+        self._finishing.add(upload)
+        try:
+            await self._finish(upload)
+        finally:
+            self._finishing.discard(upload)
+
+    async def _finish(self, upload: _Upload) -> None:
         try:
             await self._flush(upload)
-            await asyncio.to_thread(os.fsync, upload.fd)
-        finally:
-            os.close(upload.fd)
+            await self._disk(upload, os.fsync, upload.fd)
+        except BaseException:  # a failed write or fsync, or cancelled: never published
+            upload.disk.close_when_idle()
+            self.log.info(
+                "sftp.upload_abandoned", file=upload.name, bytes=upload.size, reason=upload.failed
+            )
+            raise
+        os.close(upload.fd)
         if not upload.in_order or upload.hashed != upload.size:
             upload.digest = await asyncio.to_thread(_hash_file, upload.temp)
         await asyncio.to_thread(_publish, upload.temp, upload.final)
@@ -506,8 +678,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     @property
     def open_uploads(self) -> int:
-        """Uploads opened and not yet closed."""
-        return len(self._uploads)
+        """Uploads opened and not yet closed, or being closed (fsync, rename)."""
+        return len(self._uploads) + len(self._finishing)
 
     def exit(self) -> None:
         """The session ended: uploads never closed leave nothing behind."""
@@ -528,27 +700,35 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         if upload not in self._uploads:
             return
         self._uploads.discard(upload)
-        try:
-            os.close(upload.fd)
-        finally:
-            upload.temp.unlink(missing_ok=True)
+        upload.disk.close_when_idle()
         self.log.info(
             "sftp.upload_abandoned", file=upload.name, bytes=upload.size, reason=upload.failed
         )
 
 
-def _write(upload: _Upload, offset: int, data: bytes) -> int:
-    """pwrite, and hash on the way while the client writes in order (it nearly always does)."""
-    written = os.pwrite(upload.fd, data, offset)
-    end = offset + written
-    upload.size = max(upload.size, end)
-    upload.written += written
+def _write(upload: _Upload, offset: int, data: bytes | memoryview) -> None:
+    """pwrite all of `data` (in a thread), and hash it on the way while the client writes in
+    order (it nearly always does); pwrite and sha256 release the GIL."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        written = os.pwrite(upload.fd, view[done:], offset + done)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no space left on device")
+        done += written
+    upload.written += done
     if upload.in_order and offset == upload.hashed:
-        upload.digest.update(data[:written])  # hashlib releases the GIL on large buffers
-        upload.hashed = end
+        upload.digest.update(view)
+        upload.hashed = offset + done
     else:
         upload.in_order = False  # hashed again from disk on close
-    return written
+
+
+def _discard(upload: _Upload) -> None:
+    """Close the upload's descriptor and remove its temp file (no thread uses them now)."""
+    with contextlib.suppress(OSError):
+        os.close(upload.fd)
+    upload.temp.unlink(missing_ok=True)
 
 
 def _holds_uploads(folder: Path) -> bool:

@@ -298,6 +298,7 @@ class InboxSSHServer(asyncssh.SSHServer):
         service._live.add(self)
         self.counted = True
         self._check_signature_algorithm(conn)
+        _feed_packet_by_packet(conn)
 
     def _check_signature_algorithm(self, conn: asyncssh.SSHServerConnection) -> None:
         """Refuse SHA-1 user-key signatures (ssh-rsa) of tenants without legacy_algorithms.
@@ -448,6 +449,60 @@ class InboxSSHServer(asyncssh.SSHServer):
         if count and reason != "max_sessions_per_tenant":
             self.attempted = True  # counted here: not once more as "no_login" at the end
             self.service.defender.failed(self.ip, reason)
+
+
+def _feed_packet_by_packet(conn: asyncssh.SSHServerConnection) -> None:
+    """Hand asyncssh received bytes one SSH packet at a time instead of 256 KiB at a time.
+
+    asyncssh keeps unparsed input in one `bytes` (`_inpbuf`): it appends every read to it
+    and, for every packet parsed, slices off the packet, copying what remains. A read
+    holds several packets (asyncio reads up to 256 KiB; OpenSSH's sftp sends ~40 KiB
+    packets), so each received byte was copied ~6 times on the event loop (~3 GB of
+    memmove for a 500 MB upload). Any split of a TCP stream is valid input, so this
+    wrapper of the connection's `data_received` only cuts each read where the packet
+    being received ends plus the next packet's first block (read from asyncssh's receive
+    state, relative to what it already holds; in any other state, or should those
+    attributes ever change, the read goes in whole as before): each slice parses one
+    packet and leaves nothing to copy again.
+    """
+    receive = conn.data_received
+
+    def wanted() -> int:
+        # The rest of the packet being received plus the next packet's first block (its
+        # header), so that one call parses one packet and leaves nothing behind.
+        handler = getattr(conn, "_recv_handler", None)
+        func = getattr(handler, "__func__", None)
+        try:
+            if func is _RECV_PKTHDR:
+                need = conn._recv_blocksize
+            elif func is _RECV_PACKET:
+                need = 4 + conn._pktlen + conn._recv_macsize
+            else:
+                return 0
+            return need - len(conn._inpbuf)
+        except (AttributeError, TypeError):
+            return 0
+
+    def data_received(data: bytes, datatype: object = None) -> None:
+        need = wanted()
+        if not 0 < need < len(data):
+            receive(data)
+            return
+        view = memoryview(data)  # slices of it are not copies
+        while 0 < need < len(view):
+            receive(view[:need])
+            view = view[need:]
+            if getattr(conn, "_transport", None) is None:
+                return  # asyncssh closed the connection (a bad packet): nothing more
+            need = wanted()
+        if view:
+            receive(view)
+
+    conn.data_received = data_received  # type: ignore[method-assign]
+
+
+_RECV_PKTHDR = getattr(asyncssh.SSHServerConnection, "_recv_pkthdr", None)
+_RECV_PACKET = getattr(asyncssh.SSHServerConnection, "_recv_packet", None)
 
 
 def _signature_algorithm(signature: bytes) -> bytes | None:
