@@ -54,7 +54,7 @@ def run_demo(folder: Path, students: int = 200, say: Callable[[str], None] = pri
     config = load_config(config_file)
     configure_logging("json", "info", stream=(folder / "daemon.log").open("a"))
     say(f"ingestd demo in {folder}")
-    say(f"  config   {config_file} (tenant {TENANT}, password in the demo's memory only)")
+    say(f"  config   {config_file} (tenant {TENANT}; only its password's hash is stored)")
     say(f"  daemon   SFTP on 127.0.0.1:{port}, state in {config.daemon.state_dir}")
     say(f"  log      {folder / 'daemon.log'} (JSON lines, as journald would get them)")
     return asyncio.run(_play(folder, config, port, password, students, say))
@@ -91,7 +91,7 @@ async def _play(
         code = code or (outcome != "accepted")
 
         day2 = folder / "day2"
-        changes = _next_day(day1, day2)
+        changes = next_day(day1, day2)
         say("")
         say(f"day 2: {changes}")
         outcome = await _deliver(store, port, password, day2, say, show="users.updated")
@@ -115,7 +115,10 @@ async def _play(
     say(f"  ingestd {cfg} sets --tenant {TENANT}")
     if held:
         say(f"  ingestd {cfg} sets approve {held[0].id}   (or: sets reject ...)")
-    say(f"  ingestd {cfg} run   (the daemon; Ctrl-C stops it)")
+    say(f"  ingestd {cfg} run   (the daemon again; Ctrl-C stops it)")
+    say("  then, in another terminal, push files as a school's SIS would (password below):")
+    say(f"    sftp -P {port} -o UserKnownHostsFile=/dev/null {TENANT}@127.0.0.1")
+    say(f"    password: {password}   (a demo tenant; real ones: `ingestd tenant add`)")
     say(f"  rm -r {folder}   (when done)")
     return int(code) or daemon_code
 
@@ -185,7 +188,7 @@ async def _deliver(
     return status
 
 
-def _next_day(day1: Path, day2: Path) -> str:
+def next_day(day1: Path, day2: Path) -> str:
     """Day 2: three students change email, two leave (with their enrollments), one joins."""
     day2.mkdir()
     frames = {
