@@ -73,6 +73,7 @@ class UploadLimits:
     max_file_bytes: int = 2 << 30
     max_inbox_bytes: int = 10 << 30
     min_free_bytes: int = 1 << 30
+    max_open_files: int = 16  # per session: each open upload holds write buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +451,12 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSuchFile("no such file")
         if not final.parent.is_dir():
             raise asyncssh.SFTPNoSuchFile("no such folder")
+        if self.open_uploads >= self.limits.max_open_files:
+            self._refuse("too many open files", virtual)
+            raise asyncssh.SFTPFailure(
+                f"at most {self.limits.max_open_files} files may be open for upload at once "
+                "in one session; close one first"
+            )
         await self._check_space(0)
         temp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         fd = await asyncio.to_thread(

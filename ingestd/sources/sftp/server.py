@@ -149,6 +149,7 @@ class SftpService:
             max_file_bytes=self.config.max_file_bytes,
             max_inbox_bytes=self.config.max_inbox_bytes,
             min_free_bytes=self.config.min_free_bytes,
+            max_open_files=self.config.max_open_files_per_session,
         )
 
         def sftp_factory(chan: asyncssh.SSHServerChannel) -> JailedSFTPServer:

@@ -33,6 +33,8 @@ class SftpConfig(BaseModel):
     max_connections: int = Field(default=500, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
     max_sessions_per_tenant: int = Field(default=10, ge=1)
+    max_open_files_per_session: int = Field(default=16, ge=1, le=1024)
+    """Files one session may have open for upload at once (each holds write buffers)."""
     login_timeout_seconds: float = Field(default=30.0, gt=0)
     """A connection that has not logged in by then is dropped."""
     idle_timeout_seconds: float = Field(default=900.0, gt=0)

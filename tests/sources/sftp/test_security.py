@@ -882,3 +882,27 @@ def test_write_at_offset_into_existing_file_keeps_or_refuses(server: ServerThrea
         assert got == data  # the existing half kept, the rest written after it
     else:
         assert got == data[:half]  # refused: the first upload untouched
+
+
+def test_a_session_may_hold_only_so_many_uploads_open(
+    sftp_server: Callable[..., ServerThread],
+) -> None:
+    server = sftp_server(make_config(max_open_files_per_session=2))
+
+    async def session() -> str:
+        async with asyncssh_connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            first = await sftp.open("/a.csv", "wb")
+            second = await sftp.open("/b.csv", "wb")
+            with pytest.raises(asyncssh.SFTPFailure) as refused:
+                await sftp.open("/c.csv", "wb")
+            await first.write(b"a\n")
+            await first.close()
+            third = await sftp.open("/c.csv", "wb")  # a slot is free again
+            for f in (second, third):
+                await f.write(b"x\n")
+                await f.close()
+            return str(refused.value)
+
+    message = asyncio.run(session())
+    assert "at most 2 files" in message
+    assert sorted(p.name for p in server.inbox().iterdir()) == ["a.csv", "b.csv", "c.csv"]
