@@ -16,6 +16,7 @@ import asyncio
 import json
 import secrets
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -108,14 +109,16 @@ async def _play(
         stop.set()
         daemon_code = await daemon
         store.close()
+    # The command as this shell can run it (`make run` calls .venv/bin/ingestd).
+    exe = sys.argv[0] if Path(sys.argv[0]).name == "ingestd" else "python -m ingestd"
     cfg = f"--config {folder / 'ingestd.toml'}"
     say("")
     say("explore what it left behind:")
-    say(f"  ingestd {cfg} events --tenant {TENANT} --type 'users.*' --limit 5")
-    say(f"  ingestd {cfg} sets --tenant {TENANT}")
+    say(f"  {exe} {cfg} events --tenant {TENANT} --type 'users.*' --limit 5")
+    say(f"  {exe} {cfg} sets --tenant {TENANT}")
     if held:
-        say(f"  ingestd {cfg} sets approve {held[0].id}   (or: sets reject ...)")
-    say(f"  ingestd {cfg} run   (the daemon again; Ctrl-C stops it)")
+        say(f"  {exe} {cfg} sets approve {held[0].id}   (or: sets reject ...)")
+    say(f"  {exe} {cfg} run   (the daemon again; Ctrl-C stops it)")
     say("  then, in another terminal, push files as a school's SIS would (password below):")
     say(f"    sftp -P {port} -o UserKnownHostsFile=/dev/null {TENANT}@127.0.0.1")
     say(f"    password: {password}   (a demo tenant; real ones: `ingestd tenant add`)")
