@@ -9,26 +9,13 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from ingestd.demo import next_day
 from ingestd.oneroster.sample import generate
 from tests.e2e.site import Site
 
 TRIALS = 10
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    (tmp_path / "site").mkdir()
-    s = Site(tmp_path / "site")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def normalized(site: Site) -> list[tuple]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ import pytest
 from ingestd.events.store import EventStore
 from ingestd.oneroster.sample import generate
 from tests.e2e.site import TENANTS, Site
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_files_pushed_over_sftp_become_change_events(site: Site, tmp_path: Path):

@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from ingestd.demo import next_day
 from ingestd.events.store import EventStore
 from ingestd.oneroster.sample import generate
 from tests.e2e.site import Site
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def cli_events(site: Site, tenant: str, after: int = 0) -> list[dict]:
