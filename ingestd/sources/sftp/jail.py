@@ -7,32 +7,18 @@ stay inside that folder. Nothing that could leave the jail is offered at all:
 no read, no symlink, no hard link, no readlink; attribute changes are accepted
 and ignored (WinSCP fails when they error), files get a fixed mode.
 
-Uploads are atomic: bytes go to a hidden temp file in the target folder and
-are renamed to the final name only on close, after an fsync; a session that
-ends without closing removes its temp files. Disk I/O runs in threads, so one
-slow disk write does not stall every other school's session.
-
-The write path is the hot one: a request only copies its bytes into the
-upload's current buffer and returns; each full buffer is queued for a thread
-(pwrite, then sha256 of the same bytes) while the next ones fill, so the
-session waits for the disk only when the disk falls `_QUEUED_WRITES` buffers
-behind. An upload's disk operations run one at a time, in order (`_DiskQueue`);
-its file descriptor is closed only once none is running.
+Which files may be opened for writing, and how, is decided here; each one opened
+is an `Upload` (uploads.py: the write path, then fsync and rename on close, or
+abandon when the session ends without closing it). Disk I/O runs in threads, so
+one slow disk operation does not stall every other school's session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import hashlib
 import os
 import posixpath
-import secrets
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -50,173 +36,33 @@ from asyncssh import (
 
 from ingestd.fsutil import fsync_path
 from ingestd.logging import get_logger
+from ingestd.sources.sftp.uploads import (
+    FILE_MODE,
+    TEMP_PREFIX,
+    CompletedUpload,
+    Upload,
+    UploadLimits,
+    remove_stale_uploads,
+)
 
-TEMP_PREFIX = ".ingestd-upload-"  # hidden from the client and ignored by the inbox watcher
-FILE_MODE = 0o640
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "MAX_PATH_BYTES",
+    "TEMP_PREFIX",
+    "CompletedUpload",
+    "JailedSFTPServer",
+    "UploadLimits",
+    "remove_stale_uploads",
+]
+
 DIR_MODE = 0o750
 MAX_PATH_BYTES = 1024
-_DISK_CHECK_BYTES = 16 << 20  # re-check free space every 16 MiB written
-_FLUSH_BYTES = 2 << 20  # bytes gathered per disk write (fewer thread hand-offs: less GIL churn)
-_QUEUED_WRITES = 2  # full buffers an upload may have queued for (or in) a disk write
-_FIRST_BUFFER_BYTES = 64 << 10  # small uploads (most CSVs) never need a whole buffer
 
 # SFTPv5/6 open dispositions (asyncssh.constants)
 _ACE4_READ_DATA = 0x1
 _DISPOSITION = 0x7
 _CREATE_NEW, _CREATE_TRUNCATE, _OPEN_EXISTING, _OPEN_OR_CREATE, _TRUNCATE_EXISTING = range(5)
-
-
-@dataclass(frozen=True, slots=True)
-class UploadLimits:
-    """What one upload, one inbox and the disk may hold."""
-
-    max_file_bytes: int = 2 << 30
-    max_inbox_bytes: int = 10 << 30
-    min_free_bytes: int = 1 << 30
-    max_open_files: int = 16  # per session: each open upload holds write buffers
-
-
-@dataclass(frozen=True, slots=True)
-class CompletedUpload:
-    """An upload renamed into the inbox: what the audit log and the watcher are told."""
-
-    tenant: str
-    path: Path
-    name: str  # as the client sees it, e.g. /users.csv
-    size: int
-    sha256: str
-    seconds: float
-
-
-@dataclass(slots=True, eq=False)  # identity: each open handle is its own upload
-class _Upload:
-    fd: int
-    temp: Path
-    final: Path
-    name: str
-    started: float = field(default_factory=time.monotonic)
-    size: int = 0  # the end of the furthest write received (kept by the event loop)
-    since_disk_check: int = 0
-    # Kept by the thread doing the disk operation in flight (read by the loop once it is done):
-    written: int = 0
-    hashed: int = 0  # bytes fed to `digest`, in order
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)  # type: ignore[name-defined]
-    in_order: bool = True
-    # Contiguous bytes not yet handed to the disk: buffer[:filled] belongs at offset pending_at.
-    buffer: bytearray | None = None
-    filled: int = 0
-    pending_at: int = 0
-    disk: _DiskQueue = field(init=False)
-    failed: str | None = None  # why a write failed: the upload is never published
-
-    def __post_init__(self) -> None:
-        self.disk = _DiskQueue(self)
-
-
-class _DiskQueue:
-    """One upload's disk operations, run in threads one at a time and in order.
-
-    Full buffers are queued (`write`) without waiting for the disk; a request waits only
-    when `_QUEUED_WRITES` operations are already queued or running. A failed operation
-    fails the upload and drops what is still queued. `close_when_idle` closes the
-    descriptor and removes the temp file once no operation runs (never under a running
-    pwrite: the descriptor's number could be reused by another file meanwhile).
-    """
-
-    def __init__(self, upload: _Upload) -> None:
-        self.upload = upload
-        # (function, arguments, buffer to reuse once done, the caller's future)
-        self.queue: deque[
-            tuple[Callable[..., object], tuple[object, ...], bytearray | None, asyncio.Future]
-        ] = deque()
-        self.running: asyncio.Future[object] | None = None
-        self.free: list[bytearray] = []  # written buffers, ready to be filled again
-        self.buffers = 0  # full-size buffers made for this upload
-        self.waiters: list[asyncio.Future[None]] = []
-        self.closing = False
-
-    @property
-    def pending(self) -> int:
-        """Operations queued or running."""
-        return len(self.queue) + (self.running is not None)
-
-    def submit(
-        self, fn: Callable[..., object], *args: object, reuse: bytearray | None = None
-    ) -> asyncio.Future[object]:
-        """Queue fn(*args) for a thread; its result (or exception) lands in the future."""
-        result: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        # Failures are read from `upload.failed`: an unread exception is not an error here.
-        result.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.queue.append((fn, args, reuse, result))
-        if self.running is None:
-            self._next()
-        return result
-
-    async def wait(self, pending: int = 0) -> None:
-        """Until at most `pending` operations are queued or running; raise if one failed."""
-        while self.pending > max(pending, 0):
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
-            await waiter
-        if self.upload.failed:
-            raise asyncssh.SFTPFailure(self.upload.failed)
-
-    async def buffer(self) -> bytearray:
-        """A full-size buffer to fill: a written one, else a new one (at most
-        `_QUEUED_WRITES + 1` per upload: then wait for a write to finish)."""
-        while not self.free and self.buffers > _QUEUED_WRITES and self.pending:
-            await self.wait(self.pending - 1)
-        if self.free:
-            return self.free.pop()
-        self.buffers += 1
-        return bytearray(_FLUSH_BYTES)
-
-    def close_when_idle(self) -> None:
-        """Drop what is queued; close the descriptor and remove the temp file once no
-        operation runs (once: a second close could hit a reused descriptor number)."""
-        if self.closing:
-            return
-        self.closing = True
-        self._drop_queued()
-        if self.running is None:
-            _discard(self.upload)
-
-    def _drop_queued(self) -> None:
-        for _, _, _, result in self.queue:
-            result.cancel()
-        self.queue.clear()
-
-    def _next(self) -> None:
-        fn, args, reuse, result = self.queue.popleft()
-        running = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        running.add_done_callback(lambda _: self._done(running, reuse, result))
-        self.running = running
-
-    def _done(
-        self, running: asyncio.Future[object], reuse: bytearray | None, result: asyncio.Future
-    ) -> None:
-        self.running = None
-        if reuse is not None:
-            self.free.append(reuse)
-        exc = None if running.cancelled() else running.exception()
-        if exc is not None and not self.upload.failed:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            self.upload.failed = f"the server could not save the file ({why})"
-        if not result.done():
-            if exc is not None:
-                result.set_exception(exc)
-            else:
-                result.set_result(running.result())
-        if self.upload.failed:
-            self._drop_queued()  # nothing more is written to a failed upload
-        if self.closing:
-            _discard(self.upload)
-        elif self.queue:
-            self._next()
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 def _deny(what: str) -> asyncssh.SFTPPermissionDenied:
@@ -245,8 +91,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         self.limits = limits
         self.on_upload = on_upload
         self.log = get_logger(tenant=tenant, conn=chan.get_extra_info("peername", ("?", 0))[0])
-        self._uploads: set[_Upload] = set()  # open
-        self._finishing: set[_Upload] = set()  # being closed (fsync, rename)
+        self._uploads: set[Upload] = set()  # open
+        self._finishing: set[Upload] = set()  # being closed (fsync, rename)
 
     # --- paths -------------------------------------------------------------------------
 
@@ -320,11 +166,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
         """fstat of an open upload (its size so far)."""
-        upload = self._upload(file_obj)
-        await self._flush(upload)
-        st = await self._disk(upload, os.fstat, upload.fd)
-        assert isinstance(st, os.stat_result)
-        return self._attrs(st)
+        return self._attrs(await self._upload(file_obj).fstat())
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Accepted and ignored: clients set times and modes; files keep a fixed mode."""
@@ -435,7 +277,7 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     async def _start_upload(
         self, virtual: str, final: Path, *, create: bool, exclusive: bool, truncate: bool
-    ) -> _Upload:
+    ) -> Upload:
         if virtual == "/" or final.is_dir():
             raise asyncssh.SFTPFileIsADirectory("is a folder")
         exists = final.exists()
@@ -457,12 +299,9 @@ class JailedSFTPServer(asyncssh.SFTPServer):
                 f"at most {self.limits.max_open_files} files may be open for upload at once "
                 "in one session; close one first"
             )
-        await self._check_space(0)
-        temp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = await asyncio.to_thread(
-            os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+        upload = await Upload.start(
+            final, virtual, root=self.root, limits=self.limits, log=self.log
         )
-        upload = _Upload(fd=fd, temp=temp, final=final, name=virtual)
         self._uploads.add(upload)
         return upload
 
@@ -470,9 +309,9 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         if self.on_activity is not None:
             self.on_activity()
 
-    def _upload(self, file_obj: object) -> _Upload:
+    def _upload(self, file_obj: object) -> Upload:
         self._active()
-        if not isinstance(file_obj, _Upload) or file_obj not in self._uploads:
+        if not isinstance(file_obj, Upload) or file_obj not in self._uploads:
             raise asyncssh.SFTPInvalidHandle("invalid handle")
         return file_obj
 
@@ -483,104 +322,11 @@ class JailedSFTPServer(asyncssh.SFTPServer):
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         """Write at `offset` (off the event loop), within the file, inbox and disk limits."""
-        upload = self._upload(file_obj)
-        size = len(data)
-        end = offset + size
-        if upload.failed:
-            raise asyncssh.SFTPFailure(upload.failed)
-        try:
-            if end > self.limits.max_file_bytes:
-                self._refuse("file over max_file_bytes", upload.name)
-                raise asyncssh.SFTPQuotaExceeded(
-                    f"file too large: the limit is {self.limits.max_file_bytes} bytes"
-                )
-            grow = end - upload.size
-            if grow > 0:
-                upload.since_disk_check += grow
-                if upload.since_disk_check >= _DISK_CHECK_BYTES:
-                    upload.since_disk_check = 0
-                    await self._check_space(grow)
-        except asyncssh.SFTPError as exc:
-            upload.failed = exc.reason
-            raise
-        # Clients write in order, 32-256 KiB a request: gather contiguous writes and queue
-        # them for the disk _FLUSH_BYTES at a time without waiting for it (the bytes are
-        # safe only after close() anyway: fsync, then rename; a failed write fails the upload).
-        filled = upload.filled
-        if filled and (offset != upload.pending_at + filled or filled + size > _FLUSH_BYTES):
-            await self._flush(upload)
-            filled = 0
-        if not filled:
-            upload.pending_at = offset
-        if size >= _FLUSH_BYTES:  # larger than a buffer: queued as it is
-            await upload.disk.wait(_QUEUED_WRITES - 1)
-            upload.disk.submit(_write, upload, offset, data)
-        else:
-            buffer = upload.buffer
-            need = filled + size
-            if buffer is None or len(buffer) < need:
-                if upload.disk.buffers or need >= _FIRST_BUFFER_BYTES:
-                    grown = await upload.disk.buffer()
-                else:  # the first bytes of an upload: a small buffer
-                    grown = bytearray(_FIRST_BUFFER_BYTES)
-                if filled:
-                    assert buffer is not None
-                    memoryview(grown)[:filled] = memoryview(buffer)[:filled]
-                upload.buffer = buffer = grown
-            # Through a memoryview: one copy (bytearray slice assignment from bytes makes a
-            # temporary bytearray first, a second copy).
-            memoryview(buffer)[filled:need] = data
-            upload.filled = need
-            if need == _FLUSH_BYTES:
-                await self._flush(upload)
-        if end > upload.size:
-            upload.size = end
-        return size
-
-    async def _flush(self, upload: _Upload) -> None:
-        """Queue the gathered bytes for the disk (waiting only while the queue is full)."""
-        if upload.filled:
-            assert upload.buffer is not None
-            buffer, size = upload.buffer, upload.filled
-            upload.buffer, upload.filled = None, 0
-            await upload.disk.wait(_QUEUED_WRITES - 1)
-            reuse = buffer if len(buffer) == _FLUSH_BYTES else None
-            upload.disk.submit(
-                _write, upload, upload.pending_at, memoryview(buffer)[:size], reuse=reuse
-            )
-
-    async def _disk(self, upload: _Upload, fn: Callable[..., object], *args: object) -> object:
-        """fn(*args) in a thread once the queued writes are done; a failure fails the upload
-        (after a failed fsync, Linux may report the next one as fine with the data lost)."""
-        result = upload.disk.submit(fn, *args)
-        await upload.disk.wait()
-        return result.result()
-
-    async def _check_space(self, grow: int) -> None:
-        free, used = await asyncio.to_thread(self._disk_and_inbox)
-        if free - grow < self.limits.min_free_bytes:
-            self.log.error("sftp.disk_floor", free_bytes=free)
-            raise asyncssh.SFTPNoSpaceOnFilesystem("the server's disk is full; try again later")
-        if used + grow > self.limits.max_inbox_bytes:
-            self._refuse("inbox over max_inbox_bytes")
-            raise asyncssh.SFTPQuotaExceeded("this school's inbox is full")
-
-    def _disk_and_inbox(self) -> tuple[int, int]:
-        vfs = os.statvfs(self.root)
-        used = 0
-        for folder, _, files in os.walk(self.root):
-            for name in files:
-                try:
-                    used += os.lstat(os.path.join(folder, name)).st_size
-                except FileNotFoundError:
-                    continue
-        return vfs.f_bavail * vfs.f_frsize, used
+        return await self._upload(file_obj).write(offset, data)
 
     async def fsync(self, file_obj: object) -> None:
         """fsync the upload's temp file."""
-        upload = self._upload(file_obj)
-        await self._flush(upload)
-        await self._disk(upload, os.fsync, upload.fd)
+        await self._upload(file_obj).fsync()
 
     async def close(self, file_obj: object) -> None:
         """Finish an upload: fsync, rename into place, fsync the folder, tell the watcher."""
@@ -601,35 +347,8 @@ class JailedSFTPServer(asyncssh.SFTPServer):
         finally:
             self._finishing.discard(upload)
 
-    async def _finish(self, upload: _Upload) -> None:
-        try:
-            await self._flush(upload)
-            await self._disk(upload, os.fsync, upload.fd)
-        except BaseException:  # a failed write or fsync, or cancelled: never published
-            upload.disk.close_when_idle()
-            self.log.info(
-                "sftp.upload_abandoned", file=upload.name, bytes=upload.size, reason=upload.failed
-            )
-            raise
-        os.close(upload.fd)
-        if not upload.in_order or upload.hashed != upload.size:
-            upload.digest = await asyncio.to_thread(_hash_file, upload.temp)
-        await asyncio.to_thread(_publish, upload.temp, upload.final)
-        done = CompletedUpload(
-            tenant=self.tenant,
-            path=upload.final,
-            name=upload.name,
-            size=upload.size,
-            sha256=upload.digest.hexdigest(),
-            seconds=round(time.monotonic() - upload.started, 3),
-        )
-        self.log.info(
-            "sftp.upload_completed",
-            file=done.name,
-            bytes=done.size,
-            sha256=done.sha256,
-            seconds=done.seconds,
-        )
+    async def _finish(self, upload: Upload) -> None:
+        done = await upload.finish(self.tenant)
         if self.on_upload is not None:
             self.on_upload(done)
 
@@ -703,65 +422,13 @@ class JailedSFTPServer(asyncssh.SFTPServer):
             chan, "_send_state", "open"
         ) in ("close_pending", "closed")
 
-    def _abandon(self, upload: _Upload) -> None:
+    def _abandon(self, upload: Upload) -> None:
         if upload not in self._uploads:
             return
         self._uploads.discard(upload)
-        upload.disk.close_when_idle()
-        self.log.info(
-            "sftp.upload_abandoned", file=upload.name, bytes=upload.size, reason=upload.failed
-        )
-
-
-def _write(upload: _Upload, offset: int, data: bytes | memoryview) -> None:
-    """pwrite all of `data` (in a thread), and hash it on the way while the client writes in
-    order (it nearly always does); pwrite and sha256 release the GIL."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        written = os.pwrite(upload.fd, view[done:], offset + done)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "no space left on device")
-        done += written
-    upload.written += done
-    if upload.in_order and offset == upload.hashed:
-        upload.digest.update(view)
-        upload.hashed = offset + done
-    else:
-        upload.in_order = False  # hashed again from disk on close
-
-
-def _discard(upload: _Upload) -> None:
-    """Close the upload's descriptor and remove its temp file (no thread uses them now)."""
-    with contextlib.suppress(OSError):
-        os.close(upload.fd)
-    upload.temp.unlink(missing_ok=True)
+        upload.abandon()
 
 
 def _holds_uploads(folder: Path) -> bool:
     """True when an upload in progress (of any session) writes inside `folder`."""
     return any(name.startswith(TEMP_PREFIX) for _, _, files in os.walk(folder) for name in files)
-
-
-def remove_stale_uploads(root: Path) -> int:
-    """Remove the temp files of uploads a previous run never finished; returns how many."""
-    count = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            if name.startswith(TEMP_PREFIX):
-                Path(folder, name).unlink(missing_ok=True)
-                count += 1
-    return count
-
-
-def _hash_file(path: Path) -> hashlib._Hash:  # type: ignore[name-defined]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest
-
-
-def _publish(temp: Path, final: Path) -> None:
-    os.replace(temp, final)
-    fsync_path(final.parent)

@@ -2,7 +2,7 @@
 
 A request only copies its bytes into the upload's buffer; full buffers are written
 (pwrite, sha256) by a thread while the next ones fill. These tests slow down or break
-that thread (`jail._write`) to check what must hold whatever the disk does: at most
+that thread (`uploads._write`) to check what must hold whatever the disk does: at most
 `_QUEUED_WRITES + 1` buffers per upload, a failed background write fails the upload
 (nothing published, no temp file), a session cut while a write runs leaves no temp
 file and no open descriptor, fstat sees every byte received, out-of-order writes are
@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from ingestd.sources.sftp import jail
+from ingestd.sources.sftp import uploads
 from tests.sources.sftp.harness import (
     TEMP_PREFIX,
     ServerThread,
@@ -51,7 +51,7 @@ async def upload(port: int, name: str, data: bytes, chunk: int = CHUNK, **option
 def slow_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int | OSError]:
     """Every disk write of an upload sleeps `seconds` first; returns the offsets written
     (or the error a write met: a descriptor closed under it would be EBADF)."""
-    real = jail._write
+    real = uploads._write
     offsets: list[int | OSError] = []
 
     def slow(upload: Any, offset: int, data: Any) -> None:
@@ -63,7 +63,7 @@ def slow_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int | O
             raise
         offsets.append(offset)
 
-    monkeypatch.setattr(jail, "_write", slow)
+    monkeypatch.setattr(uploads, "_write", slow)
     return offsets
 
 
@@ -84,12 +84,12 @@ def test_a_slow_disk_holds_at_most_the_queued_buffers(
     server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slow_writes(monkeypatch, 0.05)
-    data = payload(12 * jail._FLUSH_BYTES + 12345)
+    data = payload(12 * uploads._FLUSH_BYTES + 12345)
     most = 0
 
     def buffers() -> int:
-        uploads = [u for j in server.svc._jails for u in j._uploads]
-        return max((u.disk.buffers for u in uploads), default=0)
+        open_uploads = [u for j in server.svc._jails for u in j._uploads]
+        return max((u.disk.buffers for u in open_uploads), default=0)
 
     async def watched() -> None:
         nonlocal most
@@ -100,7 +100,7 @@ def test_a_slow_disk_holds_at_most_the_queued_buffers(
         await task
 
     asyncio.run(watched())
-    assert 2 <= most <= jail._QUEUED_WRITES + 1
+    assert 2 <= most <= uploads._QUEUED_WRITES + 1
     assert (server.inbox() / "big.bin").read_bytes() == data
     [done] = server.uploads
     assert done.sha256 == hashlib.sha256(data).hexdigest()
@@ -110,15 +110,15 @@ def test_a_slow_disk_holds_at_most_the_queued_buffers(
 def test_a_failed_background_write_fails_the_upload(
     server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = jail._write
+    real = uploads._write
 
     def failing(upload: Any, offset: int, data: Any) -> None:
-        if offset >= jail._FLUSH_BYTES:
+        if offset >= uploads._FLUSH_BYTES:
             raise OSError(errno.EIO, "Input/output error")
         real(upload, offset, data)
 
-    monkeypatch.setattr(jail, "_write", failing)
-    data = payload(6 * jail._FLUSH_BYTES)
+    monkeypatch.setattr(uploads, "_write", failing)
+    data = payload(6 * uploads._FLUSH_BYTES)
     with pytest.raises(asyncssh.SFTPFailure, match="could not save the file"):
         asyncio.run(upload(server.port, "/big.bin", data))
     assert wait_for(lambda: server.temp_files() == [])
@@ -137,7 +137,7 @@ def test_a_session_cut_during_a_disk_write_leaves_nothing(
         try:
             sftp = await conn.start_sftp_client()
             f = await sftp.open("/cut.bin", "wb")
-            await f.write(payload(jail._FLUSH_BYTES + 1000))  # one buffer goes to the disk
+            await f.write(payload(uploads._FLUSH_BYTES + 1000))  # one buffer goes to the disk
             assert len(server.temp_files()) == 1
         finally:
             conn.abort()  # while that write sleeps
@@ -152,7 +152,7 @@ def test_a_session_cut_during_a_disk_write_leaves_nothing(
 
 
 def test_fstat_sees_every_byte_received(server: ServerThread) -> None:
-    data = payload(jail._FLUSH_BYTES + 3 * CHUNK)  # one full buffer and a partial one
+    data = payload(uploads._FLUSH_BYTES + 3 * CHUNK)  # one full buffer and a partial one
 
     async def session() -> int:
         async with (
@@ -169,7 +169,7 @@ def test_fstat_sees_every_byte_received(server: ServerThread) -> None:
 
 
 def test_out_of_order_writes_are_hashed_from_the_file(server: ServerThread) -> None:
-    chunk = jail._FLUSH_BYTES // 2 + 777
+    chunk = uploads._FLUSH_BYTES // 2 + 777
     data = payload(7 * chunk + 5)
     pieces = [(i, data[i : i + chunk]) for i in range(0, len(data), chunk)]
 
