@@ -49,7 +49,8 @@ from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
 from ingestd.sources.pollers.base import PageArchive
-from ingestd.sources.pollers.clever import CleverPoller, map_roster
+from ingestd.sources.pollers.clever import CleverPoller
+from ingestd.sources.pollers.clever_map import map_roster
 from ingestd.sources.pollers.http import ApiClient, BearerAuth
 from ingestd.sources.pollers.runner import PullOutcome, pull_set
 from tests.sources.pollers.fake_clever import (
