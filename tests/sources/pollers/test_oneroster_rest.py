@@ -40,7 +40,7 @@ from ingestd.oneroster import spec
 from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
-from ingestd.sources.pollers import oneroster_rest
+from ingestd.sources.pollers import oneroster_rest, oneroster_rest_map
 from ingestd.sources.pollers.base import CheckLine, PageArchive, poller_for
 from ingestd.sources.pollers.http import (
     ApiClient,
@@ -718,13 +718,13 @@ def test_check_reports_what_is_shared(district: Path) -> None:
 
 def test_mapping_covers_every_spec_column() -> None:
     for entity in spec.ENTITIES:
-        columns = tuple(col for col, _, _ in oneroster_rest.MAPPING[entity.name])
+        columns = tuple(col for col, _, _ in oneroster_rest_map.MAPPING[entity.name])
         assert columns == entity.column_names, entity.name
     assert [c.entity for c in oneroster_rest.COLLECTIONS] == list(spec.ENTITY_NAMES)
 
 
 def test_values_map_to_csv_forms() -> None:
-    map_user = oneroster_rest._mapper("users", {})
+    map_user = oneroster_rest_map.make_mapper("users", {})
     row = map_user(
         {
             "sourcedId": "u1",
@@ -748,11 +748,11 @@ def test_values_map_to_csv_forms() -> None:
         "grades": "09,10",
         "identifier": "12345",
     }
-    enrollment = oneroster_rest._mapper("enrollments", {})(
+    enrollment = oneroster_rest_map.make_mapper("enrollments", {})(
         {"sourcedId": "e", "class": {"sourcedId": "c"}, "primary": "TRUE", "school": None}
     )
     assert enrollment == {"sourcedId": "e", "classSourcedId": "c", "primary": "true"}
-    assert oneroster_rest._mapper("classes", {})({"sourcedId": "c", "periods": "1,2"}) == {
+    assert oneroster_rest_map.make_mapper("classes", {})({"sourcedId": "c", "periods": "1,2"}) == {
         "sourcedId": "c",
         "periods": "1,2",
     }
