@@ -114,6 +114,19 @@ def read_set(
     return raw
 
 
+def manifest_modes(data: bytes) -> dict[str, str] | None:
+    """What a manifest.csv declares per entity (`bulk`, `delta`, `absent`, lowercased), or
+    None if it cannot be read (the validator then reports why)."""
+    manifest = _read_manifest(data, spec.MANIFEST_FILE, Report(source=spec.MANIFEST_FILE))
+    if manifest is None:
+        return None
+    return {
+        entity: manifest[f"file.{entity}"][0].lower()
+        for entity in spec.ENTITY_NAMES
+        if f"file.{entity}" in manifest
+    }
+
+
 def _read_manifest(data: bytes, name: str, report: Report) -> dict[str, tuple[str, int]] | None:
     """manifest.csv as key -> (value, line); header `propertyName,value`, any row order."""
     text = decode(data.removeprefix(BOM), name, report)

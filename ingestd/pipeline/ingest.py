@@ -142,12 +142,27 @@ class Pipeline:
 
     def recover(self) -> list[SetOutcome]:
         """Adopt set folders a crash left unrecorded, then process every `received` set."""
+        self.adopt_orphans()
+        return [self.process(row.id) for row in self.store.pending_sets()]
+
+    def adopt_orphans(self) -> None:
+        """Record set folders a crash left between claim and record as `received`."""
         known = self.store.set_ids()
         for tenant, set_id, folder in sets.orphan_sets(self.state_dir, known):
             raw = folder / sets.RAW
             files = [p for p in raw.rglob("*") if p.is_file()]
             self.store.add_set(set_id, tenant, "recovered", sets.digest(files, raw))
-        return [self.process(row.id) for row in self.store.pending_sets()]
+            get_logger(tenant=tenant, set_id=set_id).warning("set.adopted")
+
+    def record_failed(
+        self, tenant: str, set_id: str, source: str, reasons: list[dict[str, str]]
+    ) -> SetOutcome:
+        """Record a set that never got as far as validation (a pull that did not complete)
+        as rejected with its reasons; it is never diffed, the snapshot stays current."""
+        self.store.add_set(set_id, tenant, source, None)
+        row = self.store.get_set(set_id)
+        assert row is not None
+        return self._reject(row, reasons, from_status=("received",))
 
     def approve(self, set_id: str) -> SetOutcome:
         """Commit a held set as if it had passed its safeguards."""
@@ -223,22 +238,27 @@ class Pipeline:
             raise
         except Exception as exc:  # a bug must not wedge the tenant: record it, keep the files
             log.error("set.internal_error", error=exc.__class__.__name__)
-            summary = self._summary(row, "rejected")
-            summary["reasons"] = [
-                {
-                    "code": "internal_error",
-                    "message": f"ingestd failed on this set ({exc.__class__.__name__}); "
-                    "the files are kept, see the daemon log",
-                }
-            ]
-            rng = self.store.decide_set(
-                set_id,
-                "rejected",
-                summary,
-                events=[set_event("rejected", summary)],
-                from_status=("received", "held"),
-            )
-            return SetOutcome(set_id, row.tenant, "rejected", summary, rng)
+            reason = {
+                "code": "internal_error",
+                "message": f"ingestd failed on this set ({exc.__class__.__name__}); "
+                "the files are kept, see the daemon log",
+            }
+            return self._reject(row, [reason], from_status=("received", "held"))
+
+    def _reject(
+        self, row: SetRow, reasons: list[dict[str, str]], from_status: tuple[str, ...]
+    ) -> SetOutcome:
+        """Decide a set rejected for `reasons` that are not a validation report's."""
+        summary = self._summary(row, "rejected")
+        summary["reasons"] = reasons
+        rng = self.store.decide_set(
+            row.id,
+            "rejected",
+            summary,
+            events=[set_event("rejected", summary)],
+            from_status=from_status,
+        )
+        return SetOutcome(row.id, row.tenant, "rejected", summary, rng)
 
     def _process(self, row: SetRow, approved: bool, log: Any) -> SetOutcome:
         tenant, set_id = row.tenant, row.id

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from ingestd.events.store import EventStore
 from ingestd.logging import get_logger
-from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline, SetOutcome, TenantPolicy
 
 RETRY_DELAYS = (30.0, 120.0, 600.0, 3600.0)
@@ -190,11 +189,5 @@ class SetWorkers:
 
     def _recover_in_thread(self) -> list[tuple[str, str]]:
         pipeline = self._pipeline()
-        store = pipeline.store
-        known = store.set_ids()
-        for tenant, set_id, folder in sets.orphan_sets(self.state_dir, known):
-            raw = folder / sets.RAW
-            files = [p for p in raw.rglob("*") if p.is_file()]
-            store.add_set(set_id, tenant, "recovered", sets.digest(files, raw))
-            self.log.warning("set.adopted", tenant=tenant, set_id=set_id)
-        return [(row.tenant, row.id) for row in store.pending_sets()]
+        pipeline.adopt_orphans()
+        return [(row.tenant, row.id) for row in pipeline.store.pending_sets()]

@@ -29,8 +29,6 @@ while ingestd was down) and the periodic rescan take the same path.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import os
 import sqlite3
@@ -49,6 +47,7 @@ from ingestd.fsutil import fsync_path
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
 from ingestd.oneroster.archive import classify
+from ingestd.oneroster.reader import manifest_modes
 from ingestd.pipeline import sets
 from ingestd.sources.sftp.jail import TEMP_PREFIX
 
@@ -273,7 +272,9 @@ class InboxWatcher:
 
     def _check_inbox(self, config: Config, tenant: TenantConfig) -> None:
         now = self.clock()
-        settle = _first(tenant.settle_seconds, config.ingest.settle_seconds)
+        settle = tenant.settle_seconds
+        if settle is None:
+            settle = config.ingest.settle_seconds
         required = tenant.required_files or config.ingest.required_files
         result = plan(scan(self.inbox / tenant.id), now, settle, required)
         for paths in result.claims:
@@ -381,14 +382,12 @@ def _required_by_manifest(path: Path) -> list[str] | None:
     """Entities the manifest declares bulk or delta; None if it cannot be read (the set is
     then judged by the tenant's required files, and the validator reports the manifest)."""
     try:
-        text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+        modes = manifest_modes(path.read_bytes())
+    except OSError:
         return None
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip() for c in rows[0]] != list(spec.MANIFEST_HEADER):
+    if modes is None:
         return None
-    declared = {r[0].strip(): r[1].strip().lower() for r in rows[1:] if len(r) == 2}
-    return [e for e in spec.ENTITY_NAMES if declared.get(f"file.{e}") in ("bulk", "delta")]
+    return [e for e in spec.ENTITY_NAMES if modes.get(e) in ("bulk", "delta")]
 
 
 def _has_files(folder: Path) -> bool:
@@ -417,7 +416,3 @@ def _iso(ts: float) -> str:
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def _first(value: float | None, default: float) -> float:
-    return default if value is None else value

@@ -5,33 +5,18 @@ servers speaking real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ingestd.events.store import EventStore
 from ingestd.oneroster.sample import generate
+from tests.e2e.site import ENV, Site, free_port
 from tests.sources.pollers.fake_oneroster import FakeOneRoster
 from tests.sources.pollers.fakehttp import StaticBearer
 
-ENV = {k: v for k, v in os.environ.items() if k not in ("INGESTD_CONFIG", "NOTIFY_SOCKET")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(predicate, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+wait = Site.wait
 
 
 def statuses(state: Path, tenant: str) -> list[str]:

@@ -15,6 +15,7 @@ the next pull; it holds nothing that was received from a school).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -23,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ingestd.config import Config, TenantConfig
 from ingestd.errors import ConfigError
@@ -33,7 +33,7 @@ from ingestd.ids import new_ulid
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
 from ingestd.pipeline import sets
-from ingestd.pipeline.changes import set_event
+from ingestd.pipeline.ingest import Pipeline
 from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, poller_for
 from ingestd.sources.pollers.http import (
     ApiClient,
@@ -110,8 +110,6 @@ async def pull_set(
 ) -> PullOutcome:
     """Pull `tenant` now and record the result as a set (received, or rejected).
     `progress` hears a short phrase per page received ("users: 12 pages")."""
-    import asyncio
-
     state_dir = config.daemon.state_dir
     log = get_logger(tenant=tenant.id)
     set_id = new_ulid()
@@ -176,19 +174,8 @@ async def pull_set(
                 warnings=roster.warnings,
             )
         else:
-            store.add_set(set_id, tenant.id, tenant.source, None)
-            row = store.get_set(set_id)
-            summary: dict[str, Any] = {
-                "set_id": set_id,
-                "tenant": tenant.id,
-                "source": tenant.source,
-                "status": "rejected",
-                "received": row.received if row else None,
-                "base_set_id": None,
-                "requests": requests,
-                "reasons": [{"code": error.code, "message": error.message}],
-            }
-            store.decide_set(set_id, "rejected", summary, events=[set_event("rejected", summary)])
+            reason = {"code": error.code, "message": error.message}
+            Pipeline(state_dir, store).record_failed(tenant.id, set_id, tenant.source, [reason])
             log.error(
                 "poll.failed",
                 set_id=set_id,

@@ -173,7 +173,7 @@ def pulled_tables(state: Path, set_id: str) -> dict[str, dict[str, Row]]:
 
 
 def clever_view(district: Path) -> dict[str, dict[str, Row]]:
-    """The generator's tables as Clever carries them: exactly the module docstring's list."""
+    """The generator's tables as Clever carries them: exactly clever_map's docstring list."""
     g = {e: read(district / f"{e}.csv") for e in spec.ENTITY_NAMES}
     sessions = {r["sourcedId"]: r for r in g["academicSessions"]}
     courses = {r["sourcedId"]: r for r in g["courses"]}
