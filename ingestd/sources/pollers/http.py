@@ -66,11 +66,16 @@ class ApiResponse:
 
 
 class Auth(Protocol):
-    """Puts credentials on a request; `invalidate()` after a 401."""
+    """Puts credentials on a request; `invalidate(rejected)` after a 401.
+
+    `rejected` is the Authorization header the server refused, so that several
+    requests refused at once (the token expired under concurrent pages) make one
+    new token, not one each.
+    """
 
     async def apply(self, request: httpx.Request, client: httpx.AsyncClient) -> None: ...
 
-    def invalidate(self) -> None: ...
+    def invalidate(self, rejected: str | None) -> None: ...
 
 
 class BearerAuth:
@@ -82,7 +87,7 @@ class BearerAuth:
     async def apply(self, request: httpx.Request, client: httpx.AsyncClient) -> None:
         request.headers["Authorization"] = f"Bearer {self._token}"
 
-    def invalidate(self) -> None:
+    def invalidate(self, rejected: str | None) -> None:
         pass  # nothing to refresh: a second 401 fails the pull
 
 
@@ -112,8 +117,9 @@ class OAuth2ClientCredentials:
         token = await self._current(client)
         request.headers["Authorization"] = f"Bearer {token}"
 
-    def invalidate(self) -> None:
-        self._token = None
+    def invalidate(self, rejected: str | None) -> None:
+        if rejected == f"Bearer {self._token}":
+            self._token = None  # else another request already replaced it
 
     async def _current(self, client: httpx.AsyncClient) -> str:
         async with self._lock:
@@ -177,7 +183,7 @@ class OAuth1Signer:
         _, headers, _ = self._client.sign(str(request.url), http_method=request.method)
         request.headers["Authorization"] = headers["Authorization"]
 
-    def invalidate(self) -> None:
+    def invalidate(self, rejected: str | None) -> None:
         pass  # a fresh nonce and timestamp are made per request anyway
 
 
@@ -288,7 +294,7 @@ class ApiClient:
                     continue
                 if status == 401 and not reauthed and self.auth is not None:
                     reauthed = True
-                    self.auth.invalidate()
+                    self.auth.invalidate(response.request.headers.get("authorization"))
                     self.log.info("poll.reauth", path=_path(url))
                     attempt -= 1
                     continue

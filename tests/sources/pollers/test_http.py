@@ -108,6 +108,28 @@ def test_oauth2_token_fetched_once_refetched_after_401_and_cookies_sent_back(ser
     assert [r.path for r in server.requests].count("/token") == 2
 
 
+def test_a_401_that_arrives_after_the_new_token_does_not_fetch_another(server: FakeServer):
+    # Two pages in flight when the token is revoked: the quick one's 401 fetches a new
+    # token; the slow one's 401, answered later, names the old token and must reuse the new.
+    def slow_first(req: Request) -> Reply | None:
+        if ("slow", "1") in req.query:
+            time.sleep(0.5)
+        return None
+
+    server.before.append(slow_first)
+    issuer = OAuth2Issuer(server, "/token", "id", "secret", protect=BASE)
+    auth = OAuth2ClientCredentials(server.url + "/token", "id", "secret")
+
+    async def go() -> None:
+        async with client(server, auth) as c:
+            await c.get("/users")
+            issuer.expire_all()
+            await asyncio.gather(c.get("/users", {"slow": "1"}), c.get("/users"))
+
+    asyncio.run(go())
+    assert issuer.issued == 2 and auth.fetches == 2
+
+
 def test_oauth2_token_is_refreshed_before_it_expires(server: FakeServer):
     OAuth2Issuer(server, "/token", "id", "secret", expires_in=3600, protect=BASE)
     now = [1000.0]
