@@ -84,6 +84,8 @@ class Site:
             f"stop_grace = {stop_grace}\n"
             f"[ingest]\nsettle_seconds = {settle}\nincomplete_after = {incomplete_after}\n"
             f'[sftp]\nlisten = "127.0.0.1:{self.port}"\n'
+            # port probes and refused logins are failures from 127.0.0.1: never ban the tests
+            '[sftp.defender]\nsafe_ips = ["127.0.0.1/32"]\n'
         )
 
     def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
