@@ -2,7 +2,8 @@
 
 A poller talks to one vendor API through `ApiClient` (http.py: auth, retries,
 rate limits) and returns a `Roster`: rows for the seven OneRoster 1.1 tables,
-as strings keyed by the CSV column names of `oneroster.spec`. It never writes
+as strings keyed by the CSV column names of `oneroster.spec` (a list of dicts,
+or a polars frame of String columns: the OneRoster REST poller's). It never writes
 files and never touches the pipeline: the runner (runner.py) writes the roster
 as a set and hands it on, exactly like an SFTP upload. Every page received is
 given to `PageArchive` so the raw responses are kept (gzip) with the set for
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import polars as pl
+
 from ingestd.errors import IngestError
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from ingestd.sources.pollers.http import ApiClient
 
 Row = dict[str, str]
+Table = list[Row] | pl.DataFrame  # a frame: String columns named as the CSV's, "" if empty
 
 
 class PullError(IngestError):
@@ -44,13 +48,15 @@ class PullError(IngestError):
 class Roster:
     """A complete pull: rows per OneRoster entity (CSV column -> string value)."""
 
-    tables: dict[str, list[Row]] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """Things the operator should know that do not fail the pull (e.g. demographics not
     shared: pulled without them)."""
 
     def add(self, entity: str, row: Row) -> None:
-        self.tables.setdefault(entity, []).append(row)
+        table = self.tables.setdefault(entity, [])
+        assert isinstance(table, list), "rows are added to a table of rows only"
+        table.append(row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@
   token. The token response's cookies stay in the client's jar (Aeries' load
   balancer wants them back).
 - Retries with exponential backoff and full jitter on 429/500/502/503/504,
-  timeouts, connection errors and truncated or non-JSON bodies; `Retry-After`
+  timeouts, connection errors and truncated or non-JSON bodies (a 2xx body is
+  parsed by json.loads, or by the caller's `parse`, which raises ValueError
+  for a body that is not JSON); `Retry-After`
   (seconds or an HTTP date) and Clever's `X-RateLimit-Reset` (unix time) say
   how long to wait when present. Other 4xx are not retried.
 - Redirects are followed only to the same scheme, host and port.
@@ -52,7 +54,8 @@ class HttpError(PullError):
 
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
-    """A successful (2xx) response; its body parsed once, when it arrived."""
+    """A successful (2xx) response; its body parsed once, when it arrived (by json.loads, or
+    by the `parse` the request was given)."""
 
     status: int
     url: str
@@ -249,9 +252,17 @@ class ApiClient:
             raise PullError(f"a link leads to another host ({urlsplit(url).netloc})", "off_host")
         return url
 
-    async def get(self, path: str, params: dict[str, Any] | None = None) -> ApiResponse:
-        """GET a JSON document; retries as the module says; HttpError or PullError if not."""
-        return await self.request("GET", path, params=params)
+    async def get(
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        parse: Callable[[bytes], Any] | None = None,
+    ) -> ApiResponse:
+        """GET a JSON document; retries as the module says; HttpError or PullError if not.
+        `parse` (default json.loads) turns the body into `ApiResponse.data`; a ValueError
+        from it is a body that is not JSON, retried as such."""
+        return await self.request("GET", path, params=params, parse=parse)
 
     async def request(
         self,
@@ -260,6 +271,7 @@ class ApiClient:
         *,
         params: dict[str, Any] | None = None,
         json_body: Any = None,
+        parse: Callable[[bytes], Any] | None = None,
     ) -> ApiResponse:
         """One logical request (with its retries, re-auth and same-host redirects)."""
         url = self.url_for(path)
@@ -301,7 +313,7 @@ class ApiClient:
                 if 200 <= status < 300:
                     content = response.content
                     try:
-                        data = _parse_json(content)
+                        data = (parse or parse_json)(content)
                     except ValueError:
                         why = "not_json"
                     else:
@@ -357,7 +369,7 @@ def _path(url: str) -> str:
     return urlsplit(url).path
 
 
-def _parse_json(content: bytes) -> Any:
+def parse_json(content: bytes) -> Any:
     """The body parsed; ValueError if it is not JSON. A page of 10,000 records makes
     millions of objects: the cyclic garbage collector, which would walk them all again and
     again while they are made, is paused meanwhile (JSON has no cycles to collect)."""

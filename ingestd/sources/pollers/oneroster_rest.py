@@ -73,9 +73,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from ingestd.logging import get_logger
+from ingestd.sources.pollers import http
 from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, Row, register
 from ingestd.sources.pollers.http import ApiResponse, HttpError
+from ingestd.sources.pollers.oneroster_rest_frame import (
+    FramePage,
+    PageDecoder,
+    concat,
+    last_copies,
+    rows_frame,
+)
 from ingestd.sources.pollers.oneroster_rest_map import json_type, make_mapper
 
 if TYPE_CHECKING:
@@ -112,12 +122,15 @@ COLLECTIONS: tuple[Collection, ...] = (
 
 @dataclass(slots=True)
 class PullStats:
-    """What the last pull did (bench/poll.py): pages, records, restarts; wall-clock seconds
-    waiting for responses (network, server, ApiClient's own checks; summed over the
-    collections pulled at once) and writing pages to the archive (in its thread, queueing
-    included); CPU seconds decoding JSON and mapping records to rows."""
+    """What the last pull did (bench/poll.py): pages, and how many of them went the Python
+    way (json.loads and `make_mapper`: see oneroster_rest_frame.py), records, restarts;
+    wall-clock seconds waiting for responses (network, server, ApiClient's own checks;
+    summed over the collections pulled at once) and writing pages to the archive (in its
+    thread, queueing included); CPU seconds decoding pages with polars (the fast path,
+    tried on every page), and mapping records to rows (the Python way, plus de-duplication)."""
 
     pages: int = 0
+    python_pages: int = 0
     records: int = 0
     restarts: int = 0
     fetch_seconds: float = 0.0
@@ -149,57 +162,76 @@ class _Revision:
 class _Pulled:
     """One collection's result within a pull attempt."""
 
-    rows: list[Row] | None  # None: not shared (an optional collection)
+    rows: pl.DataFrame | None  # None: not shared (an optional collection)
     warnings: list[str] = field(default_factory=list)
 
 
 class _Rows:
-    """The rows of one collection, page after page, de-duplicated by sourcedId."""
+    """The rows of one collection, page after page, de-duplicated by sourcedId: a frame of
+    String columns per page, decoded by polars when the page allows (`parse`), else the
+    Python way."""
 
-    def __init__(
-        self, collection: Collection, mapper: Callable[[Any], Row], stats: PullStats
-    ) -> None:
+    def __init__(self, collection: Collection, stats: PullStats) -> None:
         self.collection = collection
-        self.mapper = mapper
+        self.decoder = PageDecoder(collection.entity, collection.keys)
+        self.mapper: Callable[[Any], Row] = make_mapper(collection.entity, {})
         self.stats = stats
-        self.seen: dict[Any, Row] = {}
+        self.pages: list[pl.DataFrame] = []
+        self.seen: set[str] = set()  # the sourcedIds received
         self.repeated = 0
 
+    def parse(self, content: bytes) -> FramePage | Any:
+        """A page body as ApiClient's `parse`: a FramePage, else json.loads' answer (a
+        ValueError if the body is not JSON)."""
+        started = time.thread_time()
+        page = self.decoder.decode(content)
+        self.stats.decode_seconds += time.thread_time() - started
+        return page if page is not None else http.parse_json(content)
+
     def absorb(self, response: ApiResponse) -> tuple[int, int]:
-        """Decode and map one page: (records on it, records not seen before).
+        """Take one page: (records on it, records not seen before). A record without a
+        sourcedId is always new."""
+        started = time.thread_time()
+        if isinstance(response.data, FramePage):
+            frame = response.data.frame
+        else:
+            frame = self._python_way(response)
+        ids = frame.get_column("sourcedId")
+        keyed = ids.filter(ids != "").to_list()
+        before = len(self.seen)
+        self.seen.update(keyed)
+        added = len(self.seen) - before
+        self.repeated += len(keyed) - added
+        self.pages.append(frame)
+        stats = self.stats
+        stats.pages += 1
+        stats.records += frame.height
+        stats.map_seconds += time.thread_time() - started
+        return frame.height, added + frame.height - len(keyed)
+
+    def _python_way(self, response: ApiResponse) -> pl.DataFrame:
+        """A page polars did not take: its records mapped one by one (PullError naming the
+        field for a value the binding does not allow).
 
         The cyclic GC is paused meanwhile (no await in here, so nothing else of the event
         loop runs): the page's parse tree is tens of thousands of acyclic containers, and
-        every collection the allocations would trigger scans them all again for nothing
-        (measured: 40% of the client's CPU time on a 100,000-student pull). The tree is
-        freed by reference counting before the GC resumes."""
+        every collection the allocations would trigger scans them all again for nothing."""
+        self.stats.python_pages += 1
         paused = gc.isenabled()
         if paused:
             gc.disable()
         try:
-            started = time.thread_time()
             records = _records(self.collection, response)
-            decoded = time.thread_time()
-            seen, mapper = self.seen, self.mapper
-            received, new = len(records), 0
-            for record in records:
-                row = mapper(record)
-                key = row.get("sourcedId") or (None, len(seen))
-                if key in seen:
-                    self.repeated += 1
-                else:
-                    new += 1
-                seen[key] = row  # the last copy wins (and keeps the first one's place)
-            del records
-            stats = self.stats
-            stats.pages += 1
-            stats.records += received
-            stats.decode_seconds += decoded - started
-            stats.map_seconds += time.thread_time() - decoded
-            return received, new
+            return rows_frame(self.collection.entity, [self.mapper(r) for r in records])
         finally:
             if paused:
                 gc.enable()
+
+    def rows(self) -> pl.DataFrame:
+        """Every record received, the last copy of each in the first copy's place."""
+        frame = concat(self.collection.entity, self.pages)
+        self.pages = []
+        return last_copies(frame) if self.repeated else frame
 
 
 class _Archive:
@@ -281,14 +313,11 @@ class OneRosterPoller:
     async def _attempt(self) -> Roster:
         revision = _Revision()
         results: dict[str, _Pulled] = {}
-        shared: dict[str, str] = {}
         archive = _Archive(self.pages, self.stats)
         try:
             async with asyncio.TaskGroup() as group:
                 for collection in COLLECTIONS:
-                    group.create_task(
-                        self._collection(collection, revision, results, shared, archive)
-                    )
+                    group.create_task(self._collection(collection, revision, results, archive))
         except BaseExceptionGroup as errors:
             await archive.drain(check=False)  # the pages of a failed pull are kept too
             raise _most_telling(errors) from None
@@ -306,11 +335,10 @@ class OneRosterPoller:
         collection: Collection,
         revision: _Revision,
         results: dict[str, _Pulled],
-        shared: dict[str, str],
         archive: _Archive,
     ) -> None:
         entity = collection.entity
-        taken = _Rows(collection, make_mapper(entity, shared), self.stats)
+        taken = _Rows(collection, self.stats)
         warnings: list[str] = []
         totals: list[int] = []
         offset = 0
@@ -318,7 +346,9 @@ class OneRosterPoller:
             started = time.perf_counter()
             try:
                 response = await self.client.get(
-                    collection.path, params={"limit": self.page_size, "offset": offset}
+                    collection.path,
+                    params={"limit": self.page_size, "offset": offset},
+                    parse=taken.parse,
                 )
             except HttpError as exc:
                 if collection.optional and offset == 0 and exc.status in (403, 404):
@@ -349,7 +379,7 @@ class OneRosterPoller:
                     "paging_stuck",
                 )
             offset += received
-        rows = list(taken.seen.values())
+        rows = taken.rows()
         if taken.repeated:
             warnings.append(
                 f"{entity}: {taken.repeated:,} records came on two pages (records were added "

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from ingestd.config import Config, TenantConfig
 from ingestd.errors import ConfigError
 from ingestd.events.store import EventStore
@@ -34,7 +36,14 @@ from ingestd.logging import get_logger
 from ingestd.oneroster import spec
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
-from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, poller_for
+from ingestd.sources.pollers.base import (
+    CheckLine,
+    PageArchive,
+    PullError,
+    Roster,
+    Row,
+    poller_for,
+)
 from ingestd.sources.pollers.http import (
     ApiClient,
     Auth,
@@ -198,16 +207,14 @@ def write_roster(raw: Path, roster: Roster) -> None:
     manifest declaring the entities pulled `bulk` and the others `absent`."""
     raw.mkdir(parents=True, exist_ok=True)
     for entity in spec.ENTITIES:
-        rows = roster.tables.get(entity.name)
-        if rows is None:
+        table = roster.tables.get(entity.name)
+        if table is None:
             continue
-        columns = list(entity.column_names)
-        extra = sorted({k for r in rows for k in r} - set(columns))
-        columns += extra
-        with (raw / entity.file_name).open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(columns)
-            writer.writerows([r.get(c, "") for c in columns] for r in rows)
+        path = raw / entity.file_name
+        if isinstance(table, pl.DataFrame):
+            _write_frame(path, table, list(entity.column_names))
+        else:
+            _write_rows(path, table, list(entity.column_names))
     manifest = io.StringIO()
     writer = csv.writer(manifest, lineterminator="\n")
     writer.writerow(spec.MANIFEST_HEADER)
@@ -216,6 +223,27 @@ def write_roster(raw: Path, roster: Roster) -> None:
     for name in spec.ENTITY_NAMES:
         writer.writerow([f"file.{name}", "bulk" if name in roster.tables else "absent"])
     (raw / spec.MANIFEST_FILE).write_text(manifest.getvalue(), encoding="utf-8")
+
+
+def _write_rows(path: Path, rows: list[Row], columns: list[str]) -> None:
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([r.get(c, "") for c in columns] for r in rows)
+
+
+def _write_frame(path: Path, frame: pl.DataFrame, columns: list[str]) -> None:
+    """As `_write_rows` writes rows (an empty value unquoted), by polars. One difference: a
+    value holding a carriage return is quoted (the csv module leaves it bare)."""
+    columns += sorted(set(frame.columns) - set(columns))
+    cells = [
+        pl.when(pl.col(c) != "").then(pl.col(c)).alias(c)  # "" -> null, written bare
+        if c in frame.columns
+        else pl.lit(None, pl.String).alias(c)
+        for c in columns
+    ]
+    frame.select(cells).write_csv(path, line_terminator="\n", quote_style="necessary")
 
 
 def _remove_stale_pulls(parent: Path, older_than: float = 86400.0) -> None:
