@@ -67,6 +67,10 @@ class EntityDiff:
     notes: list[str] = field(default_factory=list)
     fingerprints: Fingerprints | None = None  # of `state`, stored with the snapshot
     fingerprint_columns: tuple[str, ...] = ()  # what to compute them over, if not yet done
+    from_old: pl.Series | None = None
+    """Per row of `state`, the row of the snapshot it is identical to in every column
+    (UInt32, null: new or changed); None when unknown. Lets the next snapshot store only
+    the rows that differ (snapshot.py)."""
 
     def state_fingerprints(self) -> Fingerprints | None:
         """The fingerprints of `state` (computed now if the diff did not need them)."""
@@ -126,6 +130,7 @@ def diff_entity(
             empty,
             prior,
             fingerprints=old_fingerprints,
+            from_old=pl.int_range(old.height, dtype=pl.UInt32, eager=True),
         )
     new = _align(new, cols)
     notes: list[str] = []
@@ -158,7 +163,8 @@ def diff_entity(
     # Rows whose key and compared values are the same on both sides (equal 128-bit
     # fingerprints) are unchanged: most of a day's rows, set aside by one sort. Only the
     # rest (created, updated, deleted) is matched on the key and compared value by value.
-    new_pos, old_pos = _unmatched(live_prints.hashes, old_fingerprints.hashes)
+    matching = _match(live_prints.hashes, old_fingerprints.hashes)
+    new_pos, old_pos = matching.new_lone, matching.old_lone
     fresh = live if new_pos is None else live[new_pos]
     stale = old if old_pos is None else old[old_pos]
     matched = fresh.select(*key, pl.int_range(pl.len(), dtype=pl.UInt32).alias("__i")).join(
@@ -170,14 +176,17 @@ def diff_entity(
     created = fresh[_positions(matched.filter(pl.col("__j").is_null()), "__i")]
     gone_at = _positions(matched.filter(pl.col("__i").is_null()), "__j")
     gone = stale[gone_at]
+    gone_from = (gone_at if old_pos is None else old_pos.gather(gone_at)).cast(pl.UInt32)
     pairs = matched.filter(pl.col("__i").is_not_null() & pl.col("__j").is_not_null()).sort("__i")
     kept = 0
     state, state_prints = live, live_prints
+    from_old = _identical(live, old, matching.old_of_new, cols, hashed)
     if mode == "delta":  # only what the file names changes
         deleted = gone.join(doomed_keys, on=key, how="semi", maintain_order="left")
         untouched = gone.join(doomed_keys, on=key, how="anti", maintain_order="left")
         state = pl.concat([live, untouched])
         state_prints = live_prints.extend(untouched)
+        from_old = _followed_by(from_old, gone, gone_from, doomed_keys, key, "anti")
     else:
         deleted = gone
         # Invalid rows (the validator dropped them) keep their last good version: no delete.
@@ -193,9 +202,19 @@ def diff_entity(
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
             state = pl.concat([live, carried])
             state_prints = live_prints.extend(carried)
+            from_old = _followed_by(from_old, gone, gone_from, carried.select(key), key, "semi")
     updated = _updated(fresh[pairs["__i"]], stale[pairs["__j"]], cols, compared)
     return EntityDiff(
-        entity, state, created, updated, deleted, prior, kept, notes, fingerprints=state_prints
+        entity,
+        state,
+        created,
+        updated,
+        deleted,
+        prior,
+        kept,
+        notes,
+        fingerprints=state_prints,
+        from_old=from_old,
     )
 
 
@@ -213,10 +232,18 @@ def fingerprint_probe() -> str:
     return ",".join(str(v) for col in probe.get_columns() for v in col)
 
 
-def _unmatched(new: pl.DataFrame, old: pl.DataFrame) -> tuple[pl.Series | None, pl.Series | None]:
-    """Positions (ascending) of the new rows and of the old rows that have no row with the
-    same fingerprints on the other side; (None, None) means all (a repeated fingerprint
-    on one side: keys are not unique, so nothing is set aside)."""
+@dataclass(frozen=True, slots=True)
+class _Matching:
+    """Rows of each side with and without a row of the same fingerprints on the other."""
+
+    new_lone: pl.Series | None  # positions (ascending) of new rows without one; None: all
+    old_lone: pl.Series | None  # the same for the old rows
+    old_of_new: pl.Series | None  # per new row, the old row with its fingerprints, or null
+
+
+def _match(new: pl.DataFrame, old: pl.DataFrame) -> _Matching:
+    """Pair rows of equal fingerprints (a repeated fingerprint on one side means keys are
+    not unique: then nothing is paired, and every row is matched on the key)."""
     both = pl.concat(
         [
             new.select(H1, H2, pl.int_range(pl.len(), dtype=pl.Int64).alias("__p")),
@@ -233,15 +260,61 @@ def _unmatched(new: pl.DataFrame, old: pl.DataFrame) -> tuple[pl.Series | None, 
         pair=same_as_next,
         one_side=same_as_next & (side == side.shift(-1)),
         p=pl.col("__p"),
+        partner=pl.col("__p").shift(-1),
     )
     if flagged["one_side"].any():
-        return None, None
+        return _Matching(None, None, None)
     pair = flagged["pair"]
     paired = pair | pair.shift(1, fill_value=False)
     lone = flagged["p"].filter(~paired)
-    new_pos = lone.filter(lone >= 0).sort()
-    old_pos = (-1 - lone.filter(lone < 0)).sort()
-    return new_pos, old_pos
+    pairs = flagged.filter(pair).select(
+        n=pl.max_horizontal("p", "partner"),
+        o=(-1 - pl.min_horizontal("p", "partner")).cast(pl.UInt32),
+    )
+    old_of_new = pl.repeat(None, new.height, dtype=pl.UInt32, eager=True)
+    old_of_new.scatter(pairs["n"], pairs["o"])
+    return _Matching(lone.filter(lone >= 0).sort(), (-1 - lone.filter(lone < 0)).sort(), old_of_new)
+
+
+def _identical(
+    live: pl.DataFrame,
+    old: pl.DataFrame,
+    old_of_new: pl.Series | None,
+    cols: list[str],
+    hashed: tuple[str, ...],
+) -> pl.Series | None:
+    """Per live row, the old row equal to it in every column, or null. Rows paired by
+    fingerprints are equal in the hashed columns; the others (ignored columns, and status,
+    which is hashed with blank read as active) are compared here."""
+    if old_of_new is None:
+        return None
+    unhashed = [c for c in cols if c not in hashed or c == "status"]
+    if not unhashed:
+        return old_of_new
+    theirs = old.select(pl.col(unhashed).gather(old_of_new).name.suffix(_OLD))
+    same = pl.concat([live.select(unhashed), theirs], how="horizontal").select(
+        pl.all_horizontal(pl.col(c).eq_missing(pl.col(c + _OLD)) for c in unhashed)
+    )
+    return old_of_new.zip_with(
+        same.to_series(), pl.repeat(None, live.height, dtype=pl.UInt32, eager=True)
+    )
+
+
+def _followed_by(
+    from_old: pl.Series | None,
+    gone: pl.DataFrame,
+    gone_from: pl.Series,
+    keys: pl.DataFrame,
+    key: list[str],
+    how: str,
+) -> pl.Series | None:
+    """`from_old` of live rows, then the old positions of the gone rows the state keeps
+    (those `how`-joined with `keys`, in their order), as the state concatenates them."""
+    if from_old is None:
+        return None
+    kept = gone.select(key).with_columns(gone_from.alias("__o"))
+    kept = kept.join(keys, on=key, how=how, maintain_order="left")  # type: ignore[arg-type]
+    return pl.concat([from_old, kept["__o"]])
 
 
 def _positions(frame: pl.DataFrame, column: str) -> pl.Series:

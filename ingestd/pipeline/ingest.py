@@ -37,9 +37,15 @@ from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
 from ingestd.pipeline.changes import record_events, set_event
-from ingestd.pipeline.diff import DiffOptions, EntityDiff, Fingerprints, diff_entity
+from ingestd.pipeline.diff import DiffOptions, EntityDiff, diff_entity
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
-from ingestd.pipeline.snapshot import SnapshotWriter, load_snapshot, prune_snapshots
+from ingestd.pipeline.snapshot import (
+    Reuse,
+    Snapshot,
+    SnapshotWriter,
+    open_snapshot,
+    prune_snapshots,
+)
 
 _T = TypeVar("_T")
 EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
@@ -275,10 +281,10 @@ class Pipeline:
 
         # The current snapshot is read while the set is validated (the reader thread
         # mostly waits for polars and the disk, and validation leaves a core idle at times).
-        def read() -> tuple[dict[str, Any], dict[str, Fingerprints]]:
+        def read() -> Snapshot:
             started = time.perf_counter()
             try:
-                return load_snapshot(self.state_dir, tenant, current)
+                return open_snapshot(self.state_dir, tenant, current)
             finally:
                 self._timings["read_snapshot"] = time.perf_counter() - started
 
@@ -302,14 +308,12 @@ class Pipeline:
             log.info("set.rejected", errors=summary["errors"], report=str(report_path))
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
-        old, prints = reader.wait()
+        old = reader.wait()
         # Each entity's new snapshot file is written (in a thread of its own) as soon as
         # its diff is done, while the next entity is diffed and the events are inserted.
         writer = SnapshotWriter(self.state_dir, tenant, set_id)
         try:
-            return self._decide(
-                row, approved, log, current, result, report_path, old, prints, writer
-            )
+            return self._decide(row, approved, log, current, result, report_path, old, writer)
         finally:
             writer.abort()  # nothing once the snapshot is in place
             self._timings["write_snapshot"] = writer.busy
@@ -322,14 +326,13 @@ class Pipeline:
         current: str | None,
         result: ValidatedSet,
         report_path: Path,
-        old: dict[str, Any],
-        prints: dict[str, Fingerprints],
+        old: Snapshot,
         writer: SnapshotWriter,
     ) -> SetOutcome:
         tenant, set_id = row.tenant, row.id
         policy = self.policy(tenant)
         with self._phase("diff"):
-            diffs = self._diff(old, prints, result, policy, writer)
+            diffs = self._diff(old, result, policy, writer)
         counts = {e: d.counts for e, d in diffs.items()}
         reasons = check(counts, policy.safeguards, first_set=current is None)
         summary = self._summary(
@@ -380,14 +383,14 @@ class Pipeline:
 
     def _diff(
         self,
-        old: dict[str, Any],
-        prints: dict[str, Fingerprints],
+        snapshot: Snapshot,
         result: ValidatedSet,
         policy: TenantPolicy,
         writer: SnapshotWriter,
     ) -> dict[str, EntityDiff]:
         """Every entity's diff (in spec order), each handed to `writer` when done: the
         largest first, so that its file is written while the smaller ones are diffed."""
+        old = snapshot.tables
         entities = [e for e in spec.ENTITY_NAMES if e in result.tables or e in old]
         diffs = {}
         for entity in sorted(entities, key=lambda e: -_height(result.tables.get(e), old.get(e))):
@@ -399,9 +402,13 @@ class Pipeline:
                 mode=result.modes.get(entity, "bulk"),
                 keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
-                old_fingerprints=prints.get(entity),
+                old_fingerprints=snapshot.fingerprints.get(entity),
             )
-            writer.add(entity, d.state, d.state_fingerprints)
+            origin = snapshot.origins.get(entity)
+            reuse = None
+            if origin is not None and d.from_old is not None:
+                reuse = Reuse(origin, origin.rows_in_base(d.from_old))
+            writer.add(entity, d.state, d.state_fingerprints, reuse)
         return {e: diffs[e] for e in entities}
 
     def _held(self, set_id: str) -> SetRow:

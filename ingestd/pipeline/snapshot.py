@@ -1,8 +1,20 @@
-"""Snapshots: a tenant's accepted state, one Parquet file per entity, per accepted set.
+"""Snapshots: a tenant's accepted state, per entity, per accepted set.
 
-`snapshots/<tenant>/<set_id>/<entity>.parquet`, written to a hidden temp folder,
-fsynced, then renamed into place, so a snapshot folder is always complete. The
-last `retention` snapshots are kept, so any two of them can be diffed again.
+`snapshots/<tenant>/<set_id>/`, written to a hidden temp folder, fsynced, then
+renamed into place, so a snapshot folder is always complete. The last
+`retention` snapshots are kept, so any two of them can be diffed again.
+
+An entity is stored whole (`<entity>.parquet`) or, when few of its rows differ
+from an earlier whole file, as that file plus the difference:
+`<entity>.base.parquet` is a hard link to the earlier file (no copy, and the
+folder stays self-contained: pruning another snapshot never breaks this one),
+`<entity>.delta.parquet` holds the rows not found in it, and
+`<entity>.order.parquet` gives, row by row, where each row of the state comes
+from (a row of the base, or base rows + a row of the delta). Reading gives back
+exactly the state that was written, in its order. A day of ordinary changes to
+a large district then writes 2% of the rows instead of all of them; once more
+than `DELTA_MAX_SHARE` of the rows differ from the base, the entity is written
+whole again and becomes the next base.
 
 Each file may also hold the rows' fingerprints (columns `__h1`, `__h2`), so the
 next diff need not hash the old rows again; `fingerprints.json` beside them
@@ -20,6 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -31,7 +44,48 @@ from ingestd.pipeline.diff import H1, H2, Fingerprints, fingerprint_probe
 
 SNAPSHOTS = "snapshots"
 FINGERPRINTS = "fingerprints.json"  # {"probe": ..., "columns": {entity: [column, ...]}}
+DELTA_MAX_SHARE = 0.2  # above this share of rows not in the base, an entity is written whole
+ORDER = "__src"
 Prints = Fingerprints | Callable[[], Fingerprints | None] | None
+
+
+class SnapshotError(Exception):
+    """A snapshot folder that cannot be read back as it was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the rows of one loaded entity are stored: the whole file they come from, and
+    (for an entity stored as a difference) which of them are rows of that file."""
+
+    base: Path  # a whole file (or a hard link to one)
+    base_rows: int
+    columns: tuple[str, ...]  # the file's columns, fingerprints included
+    printed: tuple[str, ...] | None  # the columns its fingerprints cover, if trusted
+    base_row: pl.Series | None  # per loaded row, its row in `base` or null; None: the same row
+
+    def rows_in_base(self, from_old: pl.Series) -> pl.Series:
+        """Per new row, the row of `base` it is identical to (null: none), given per new
+        row the loaded row it is identical to."""
+        return from_old if self.base_row is None else self.base_row.gather(from_old)
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """What a new entity file may take from an earlier whole file: per row, its row there."""
+
+    origin: Origin
+    base_row: pl.Series  # UInt32, null: not in the base
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A loaded snapshot: tables, the fingerprints stored with them, and where each
+    entity's rows are stored (for the next snapshot to reuse)."""
+
+    tables: dict[str, pl.DataFrame]
+    fingerprints: dict[str, Fingerprints]
+    origins: dict[str, Origin]
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -70,16 +124,25 @@ class SnapshotWriter:
         self.temp = self.final.parent / f".tmp-{set_id}"
         self.busy = 0.0  # seconds the thread spent writing
         self._printed: dict[str, list[str]] = {}  # entity -> columns of its fingerprints
-        self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints] | None] = queue.Queue()
+        self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints, Reuse | None] | None] = (
+            queue.Queue()
+        )
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingestd-snapshot", daemon=True)
         self._thread.start()
 
-    def add(self, entity: str, frame: pl.DataFrame, fingerprints: Prints = None) -> None:
+    def add(
+        self,
+        entity: str,
+        frame: pl.DataFrame,
+        fingerprints: Prints = None,
+        reuse: Reuse | None = None,
+    ) -> None:
         """Write `frame` as the entity's file; `fingerprints` (or a function giving them,
-        called in the writer's thread) are stored with it."""
-        self._todo.put((entity, frame, fingerprints))
+        called in the writer's thread) are stored with it. With `reuse`, only the rows not
+        in the earlier file are written, if they are few (see the module docstring)."""
+        self._todo.put((entity, frame, fingerprints, reuse))
 
     def finish(self) -> Path:
         """Wait for every file, then put the snapshot in place (raises what writing raised)."""
@@ -130,15 +193,56 @@ class SnapshotWriter:
             while self._todo.get() is not None:  # let add() and _close() go on
                 pass
 
-    def _write(self, entity: str, frame: pl.DataFrame, fingerprints: Prints) -> None:
-        path = self.temp / f"{entity}.parquet"
+    def _write(
+        self, entity: str, frame: pl.DataFrame, fingerprints: Prints, reuse: Reuse | None
+    ) -> None:
         prints = fingerprints() if callable(fingerprints) else fingerprints
+        printed: tuple[str, ...] | None = None
         if prints is not None and prints.hashes.height == frame.height:
             frame = pl.concat([frame, prints.hashes.select(H1, H2)], how="horizontal")
-            self._printed[entity] = list(prints.columns)
-        # lz4, no statistics: the fastest to write and to read back whole
-        frame.write_parquet(path, compression="lz4", statistics=False)
-        fsync_path(path)
+            printed = prints.columns
+            self._printed[entity] = list(printed)
+        if reuse is not None and self._write_difference(entity, frame, printed, reuse):
+            return
+        _write_parquet(frame, self.temp / f"{entity}.parquet")
+
+    def _write_difference(
+        self, entity: str, frame: pl.DataFrame, printed: tuple[str, ...] | None, reuse: Reuse
+    ) -> bool:
+        """Store `frame` as its base plus the rows not in it; False (nothing written) when
+        that does not apply: fingerprints of other columns, other columns, too many rows
+        not in the base, or a file system without hard links."""
+        origin, base_row = reuse.origin, reuse.base_row
+        if (
+            printed is None
+            or origin.printed != printed
+            or origin.columns != tuple(frame.columns)
+            or base_row.len() != frame.height
+            or base_row.null_count() > DELTA_MAX_SHARE * frame.height
+            or origin.base_rows + frame.height >= 2**32
+        ):
+            return False
+        try:
+            os.link(origin.base, self.temp / f"{entity}.base.parquet")
+        except OSError:
+            return False
+        fresh = base_row.is_null()
+        order = pl.select(
+            pl.when(fresh)
+            .then(origin.base_rows - 1 + fresh.cast(pl.Int64).cum_sum())
+            .otherwise(base_row)
+            .cast(pl.UInt32)
+            .alias(ORDER)
+        )
+        _write_parquet(frame.filter(fresh), self.temp / f"{entity}.delta.parquet")
+        _write_parquet(order, self.temp / f"{entity}.order.parquet")
+        return True
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    # lz4, no statistics: the fastest to write and to read back whole
+    frame.write_parquet(path, compression="lz4", statistics=False)
+    fsync_path(path)
 
 
 def read_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> dict[str, pl.DataFrame]:
@@ -151,23 +255,61 @@ def load_snapshot(
 ) -> tuple[dict[str, pl.DataFrame], dict[str, Fingerprints]]:
     """The tables of a snapshot, and the fingerprints stored with them that this polars
     still computes the same way."""
-    tables: dict[str, pl.DataFrame] = {}
-    prints: dict[str, Fingerprints] = {}
+    snapshot = open_snapshot(state_dir, tenant, set_id)
+    return snapshot.tables, snapshot.fingerprints
+
+
+def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
+    """A snapshot's tables, trusted fingerprints and origins (empty before the tenant's
+    first accepted set)."""
+    snapshot = Snapshot({}, {}, {})
     if set_id is None:
-        return tables, prints
+        return snapshot
     folder = snapshot_dir(state_dir, tenant, set_id)
     printed = _fingerprint_columns(folder)
     for entity in spec.ENTITY_NAMES:
-        path = folder / f"{entity}.parquet"
-        if not path.exists():
+        loaded = _read_entity(folder, entity)
+        if loaded is None:
             continue
-        frame = pl.read_parquet(path)
-        if H1 in frame.columns:
-            if entity in printed:
-                prints[entity] = Fingerprints(printed[entity], frame.select(H1, H2))
-            frame = frame.drop(H1, H2, strict=False)
-        tables[entity] = frame
-    return tables, prints
+        frame, origin = loaded
+        trusted = printed.get(entity) if H1 in frame.columns else None
+        if trusted is not None:
+            snapshot.fingerprints[entity] = Fingerprints(trusted, frame.select(H1, H2))
+        snapshot.origins[entity] = Origin(
+            origin.base, origin.base_rows, origin.columns, trusted, origin.base_row
+        )
+        snapshot.tables[entity] = frame.drop(H1, H2, strict=False)
+    return snapshot
+
+
+def _read_entity(folder: Path, entity: str) -> tuple[pl.DataFrame, Origin] | None:
+    """One entity's stored rows (fingerprint columns included) and where they come from."""
+    whole = folder / f"{entity}.parquet"
+    if whole.exists():
+        frame = pl.read_parquet(whole)
+        return frame, Origin(whole, frame.height, tuple(frame.columns), None, None)
+    delta = folder / f"{entity}.delta.parquet"
+    if not delta.exists():
+        return None
+    base_path = folder / f"{entity}.base.parquet"
+    try:
+        base = pl.read_parquet(base_path)
+        rows = pl.read_parquet(delta)
+        order = pl.read_parquet(folder / f"{entity}.order.parquet")[ORDER]
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise SnapshotError(
+            f"{folder}: {entity} cannot be read back ({exc.__class__.__name__})"
+        ) from exc
+    if (
+        base.schema != rows.schema
+        or order.dtype != pl.UInt32
+        or order.null_count()
+        or (order.len() and order.max() >= base.height + rows.height)  # type: ignore[operator]
+    ):
+        raise SnapshotError(f"{folder}: {entity}'s base, rows and order do not fit together")
+    frame = pl.concat([base, rows], rechunk=True)[order]  # one chunk: gathers twice as fast
+    in_base = pl.select(pl.when(order < base.height).then(order)).to_series()
+    return frame, Origin(base_path, base.height, tuple(base.columns), None, in_base)
 
 
 def _fingerprint_columns(folder: Path) -> dict[str, tuple[str, ...]]:
