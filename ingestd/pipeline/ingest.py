@@ -388,17 +388,17 @@ class Pipeline:
         policy: TenantPolicy,
         writer: SnapshotWriter,
     ) -> dict[str, EntityDiff]:
-        """Every entity's diff (in spec order), each handed to `writer` when done: the
-        largest first, so that its file is written while the smaller ones are diffed."""
+        """Every entity's diff (in spec order), each handed to `writer` when done. The
+        largest entity (enrollments, most days) is diffed in a thread of its own while this
+        one diffs the others, smallest first: polars leaves each a core part of the time."""
         old = snapshot.tables
         entities = [e for e in spec.ENTITY_NAMES if e in result.tables or e in old]
-        diffs = {}
-        for entity in sorted(entities, key=lambda e: -_height(result.tables.get(e), old.get(e))):
-            new = result.tables.get(entity)
-            diffs[entity] = d = diff_entity(
+
+        def one(entity: str) -> EntityDiff:
+            d = diff_entity(
                 entity,
                 old.get(entity),
-                new,
+                result.tables.get(entity),
                 mode=result.modes.get(entity, "bulk"),
                 keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
@@ -409,6 +409,19 @@ class Pipeline:
             if origin is not None and d.from_old is not None:
                 reuse = Reuse(origin, origin.rows_in_base(d.from_old))
             writer.add(entity, d.state, d.state_fingerprints, reuse)
+            return d
+
+        by_size = sorted(entities, key=lambda e: _height(result.tables.get(e), old.get(e)))
+        if not by_size:
+            return {}
+        largest = by_size.pop()
+        beside = _Background(lambda: one(largest), "ingestd-diff")
+        try:
+            diffs = {entity: one(entity) for entity in by_size}
+        except BaseException:
+            beside.join()  # never leave it running against a writer being aborted
+            raise
+        diffs[largest] = beside.wait()
         return {e: diffs[e] for e in entities}
 
     def _held(self, set_id: str) -> SetRow:
