@@ -180,7 +180,8 @@ def main() -> None:
             print(f"  client CPU      {cpu:8.2f} s   {client_page * 1000:7.1f} ms/page")
             print(f"    json.loads             {parts['parse']:6.2f} s   "
                   f"({st.python_pages} pages the Python way)")  # fmt: skip
-            print(f"    polars decode + map    {st.decode_seconds:6.2f} s")
+            print(f"    polars decode + map    {st.decode_seconds:6.2f} s   (the calling thread's "
+                  "CPU: polars' own threads count in the rest)")  # fmt: skip
             print(f"    rows, de-dup           {st.map_seconds:6.2f} s   (Python mapping included)")
             print(f"    archive gzip           {parts['gzip']:6.2f} s   (its own thread)")
             print(f"    HTTP, asyncio, rest    {rest:6.2f} s")
