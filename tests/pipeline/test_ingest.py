@@ -796,6 +796,24 @@ def test_a_zip_then_the_same_files_loose_then_a_bom(
     assert [e["type"] for e in events(store, after=mark)] == ["sets.accepted"] * 2
 
 
+def users_delta(folder: Path, head: list[str], rows: list[dict[str, str]]) -> Path:
+    """A set of one delta users.csv holding `rows`, every other file declared absent."""
+    folder.mkdir()
+    write_lines(folder / "users.csv", [join(head), *(join([r[h] for h in head]) for r in rows)])
+    absent = [f"file.{e},absent" for e in spec.ENTITY_NAMES if e != "users"]
+    write_lines(
+        folder / "manifest.csv",
+        [
+            "propertyName,value",
+            "manifest.version,1.0",
+            "oneroster.version,1.1",
+            "file.users,delta",
+            *absent,
+        ],
+    )
+    return folder
+
+
 def test_a_delta_file_changes_only_what_it_names(
     base_set: Path, tmp_path: Path, pipeline: Pipeline, store: EventStore, state: Path
 ) -> None:
@@ -808,22 +826,7 @@ def test_a_delta_file_changes_only_what_it_names(
     stamp = "2026-12-01T00:00:00.000Z"
     gone = {**parent, "status": "tobedeleted", "dateLastModified": stamp}
     changed = {**student, "status": "active", "dateLastModified": stamp, "email": "d@x.org"}
-    delta = tmp_path / "delta"
-    delta.mkdir()
-    write_lines(
-        delta / "users.csv", [join(head), *(join([r[h] for h in head]) for r in (gone, changed))]
-    )
-    absent = [f"file.{e},absent" for e in spec.ENTITY_NAMES if e != "users"]
-    write_lines(
-        delta / "manifest.csv",
-        [
-            "propertyName,value",
-            "manifest.version,1.0",
-            "oneroster.version,1.1",
-            "file.users,delta",
-            *absent,
-        ],
-    )
+    delta = users_delta(tmp_path / "delta", head, [gone, changed])
     outcome = pipeline.ingest_path(TENANT, delta)
     assert outcome.status == "accepted", outcome.summary.get("reasons")
     evs = events(store, after=mark)

@@ -13,7 +13,7 @@ from ingestd.oneroster import spec
 from ingestd.pipeline import snapshot
 from ingestd.pipeline.ingest import Pipeline
 from ingestd.pipeline.snapshot import SNAPSHOTS, load_snapshot, prune_snapshots
-from tests.oneroster.corpus import copy_set, find_line, join, set_cell, write_lines
+from tests.oneroster.corpus import copy_set, find_line, set_cell
 from tests.pipeline.test_ingest import (
     TENANT,
     base_set,  # noqa: F401  (a fixture)
@@ -22,6 +22,7 @@ from tests.pipeline.test_ingest import (
     events,
     header,
     record_events,
+    users_delta,
 )
 
 STAMP = "2026-12-01T00:00:00.000Z"
@@ -49,17 +50,7 @@ def day_four(day3: Path, dst: Path) -> Path:
     s = students(day3)
     changed = {**s[8], "status": "active", "dateLastModified": STAMP, "email": "four@x.org"}
     gone = {**s[9], "status": "tobedeleted", "dateLastModified": STAMP}
-    dst.mkdir()
-    write_lines(
-        dst / "users.csv", [join(head), *(join([r[h] for h in head]) for r in (changed, gone))]
-    )
-    absent = [f"file.{e},absent" for e in spec.ENTITY_NAMES if e != "users"]
-    write_lines(
-        dst / "manifest.csv",
-        ["propertyName,value", "manifest.version,1.0", "oneroster.version,1.1",
-         "file.users,delta", *absent],
-    )  # fmt: skip
-    return dst
+    return users_delta(dst, head, [changed, gone])
 
 
 def run_days(state: Path, days: list[Path]) -> tuple[list[str], list[list[dict[str, Any]]]]:
