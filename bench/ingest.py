@@ -7,7 +7,9 @@ events at 100,000 students); phase 2 ingests the next day: 1% of the rows of
 every file changed, 0.5% deleted, 0.5% added. Each phase runs in a fresh
 process that first times a bare `polars.read_csv` of the same files, then the
 ingest, and reports both, the events per second, the time of the commit
-transaction alone, the time of each phase, and its own peak RSS (VmHWM).
+transaction alone, the time of each phase, its own peak RSS (VmHWM), and the
+size of the snapshot it wrote (an entity that changed little is stored as a
+hard link to the previous file plus the rows that differ).
 The ingest runs as the daemon would: each commit durable by itself (the WAL
 synced at COMMIT), the WAL checkpoint left to background maintenance; that
 checkpoint is then timed on its own and reported beside the ingest.
@@ -64,7 +66,11 @@ seconds = time.perf_counter() - t
 t = time.perf_counter()
 store.checkpoint()  # the daemon's background maintenance, timed on its own
 checkpoint = time.perf_counter() - t
+folder = state / "snapshots" / tenant / outcome.set_id
+written = sum(f.stat().st_size for f in folder.iterdir() if not f.name.endswith(".base.parquet"))
+linked = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".base.parquet"))
 print(json.dumps({"bare": best, "ingest": seconds, "checkpoint": checkpoint, "commit": sum(commit),
+                  "snapshot_written": written, "snapshot_linked": linked,
                   "status": outcome.status, "events": outcome.events.count if outcome.events else 0,
                   "counts": outcome.summary.get("counts"), "timings": outcome.timings,
                   "peak": hwm()}))
@@ -181,6 +187,10 @@ def main() -> None:
             f"{both / r['bare']:.2f}x the bare read, {r['events'] / both:,.0f} events/s"
         )
         print(f"  peak RSS: {r['peak'] / 1e9:.2f} GB (target <= 2 GB)")
+        print(
+            f"  snapshot: {r['snapshot_written'] / 1e6:.1f} MB written, "
+            f"{r['snapshot_linked'] / 1e6:.1f} MB hard-linked from the previous one"
+        )
         phases = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
         print(f"  phases (s): {phases}")
         print("    (read_snapshot runs in a thread beside validate, write_snapshot beside diff")
