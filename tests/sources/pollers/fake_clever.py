@@ -366,9 +366,11 @@ Action = Callable[[], None]
 class FakeClever:
     """The fake API: `server` (FakeServer), `data` (CleverData), scenario switches."""
 
-    def __init__(self, data: CleverData, token: str = TOKEN) -> None:
+    def __init__(
+        self, data: CleverData, token: str = TOKEN, server: FakeServer | None = None
+    ) -> None:
         self.data = data
-        self.server = FakeServer()
+        self.server = server or FakeServer()
         self.auth = StaticBearer(self.server, token)
         self.bare_next_links = False
         self.empty_tail = False

@@ -409,10 +409,11 @@ class FakePowerSchool:
         *,
         caps: dict[str, int] | None = None,
         expires_in: int | str = EXPIRES_IN,
+        server: FakeServer | None = None,
     ) -> None:
         self.district = district
         self.caps = {**DEFAULT_CAPS, **(caps or {})}
-        self.server = FakeServer()
+        self.server = server or FakeServer()
         self.server.before.append(self._count_api)
         self.issuer = OAuth2Issuer(
             self.server, TOKEN_PATH, CLIENT_ID, CLIENT_SECRET, expires_in=expires_in,

@@ -9,12 +9,20 @@ RFC 5849 independently of the client (which uses oauthlib).
     with server: ...  # started on a free port; server.url
 
 Every request is recorded in `server.requests` (path, query, headers) for assertions.
+
+`FakeServer(gzip=True)` compresses its answers (level `GZIP_LEVEL`, `Content-Encoding: gzip`)
+for a request whose Accept-Encoding allows gzip, as nginx or a CDN in front of a vendor API
+does; `gzip_seconds` is the CPU time (of the serving threads) spent compressing. With
+`keep_sent=True` every answer is kept in `server.sent` (`Sent`: the body before and after
+compression) so that tests can compare what the client kept with what was sent
+(`assert_archived_as_sent`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -27,7 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 
@@ -73,13 +82,34 @@ class Fault:
     truncate: bool = False  # send a correct answer's headers, half its body, then close
     delay: float = 0.0  # sleep before answering normally (past the client's timeout)
     after: int = 0  # let this many matching requests through first
+    # a correct answer labelled `Content-Encoding: gzip` whose gzip body is cut in half
+    # ("truncated": a complete HTTP message, Content-Length matching) or has its deflate
+    # data overwritten ("corrupt"), whether or not the client asked for gzip
+    bad_gzip: Literal["", "truncated", "corrupt"] = ""
+    encoding: str = ""  # a correct answer labelled with this Content-Encoding, body as is
+
+
+@dataclass
+class Sent:
+    """One answer as sent (`keep_sent`): its body before (`body`) and after (`wire`) any
+    compression."""
+
+    url: str  # the request's, as in Request.url
+    status: int
+    body: bytes
+    wire: bytes
 
 
 Handler = Callable[[Request], Reply]
 
 
 class FakeServer:
-    def __init__(self) -> None:
+    GZIP_LEVEL = 1  # nginx's default gzip_comp_level
+
+    def __init__(self, *, gzip: bool = False, keep_sent: bool = False) -> None:
+        self.gzip = gzip
+        self.gzip_seconds = 0.0
+        self.sent: list[Sent] | None = [] if keep_sent else None
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.faults: list[Fault] = []
         self.requests: list[Request] = []
@@ -179,7 +209,7 @@ class FakeServer:
             time.sleep(fault.delay)
             fault = None
         if fault is not None and fault.status is not None:
-            self._send(h, Reply(fault.status, body=fault.body, headers=fault.headers))
+            self._answer(h, req, Reply(fault.status, body=fault.body, headers=fault.headers))
             return
         reply = None
         for check in self.before:
@@ -198,7 +228,34 @@ class FakeServer:
             h.wfile.flush()
             h.close_connection = True
             return
-        self._send(h, reply)
+        if fault is not None and fault.bad_gzip:
+            reply = _bad_gzip(reply, fault.bad_gzip)
+        elif fault is not None and fault.encoding:
+            headers = {**reply.headers, "Content-Encoding": fault.encoding}
+            reply = Reply(reply.status, body=reply.payload(), headers=headers)
+        self._answer(h, req, reply)
+
+    def _answer(self, h: BaseHTTPRequestHandler, req: Request, reply: Reply) -> None:
+        """Send `reply`, gzipped if the server does and the request allows it."""
+        wire = self._compressed(req, reply)
+        if self.sent is not None:
+            with self.lock:
+                self.sent.append(Sent(req.url, reply.status, reply.payload(), wire.payload()))
+        self._send(h, wire)
+
+    def _compressed(self, req: Request, reply: Reply) -> Reply:
+        """`reply` gzipped (timed in `gzip_seconds`) when the server gzips, the request
+        accepts it and the reply is not encoded already; else `reply` itself."""
+        encoded = any(k.lower() == "content-encoding" for k in reply.headers)
+        if not self.gzip or encoded or not accepts_gzip(req.headers.get("accept-encoding", "")):
+            return reply
+        started = time.thread_time()
+        body = gzip.compress(reply.payload(), self.GZIP_LEVEL)
+        spent = time.thread_time() - started
+        with self.lock:
+            self.gzip_seconds += spent
+        headers = {**reply.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        return Reply(reply.status, body=body, headers=headers)
 
     def _take_fault(self, path: str) -> Fault | None:
         for fault in self.faults:
@@ -226,6 +283,58 @@ class FakeServer:
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (named, or `*`, with a q above 0)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def assert_archived_as_sent(folder: Path, sent: list[Sent]) -> int:
+    """Every file of a PageArchive `folder` decompresses to its meta line, b"\\n" and a body
+    this server sent to that URL with that status; a body sent gzipped is kept as the bytes
+    sent (a gzip member holding the meta line, then the server's bytes: not compressed
+    again). Returns how many files there are."""
+    unmatched: dict[str, list[Sent]] = {}
+    for answer in sent:
+        unmatched.setdefault(answer.url, []).append(answer)
+    files = sorted(folder.glob("*.json.gz"))
+    for file in files:
+        kept = file.read_bytes()
+        line, body = gzip.decompress(kept).split(b"\n", 1)
+        meta = json.loads(line)
+        candidates = unmatched.get(meta["url"], [])
+        answer = next((a for a in candidates if a.body == body), None)
+        assert answer is not None, f"{file.name}: no such body was sent to {meta['url']}"
+        candidates.remove(answer)
+        assert meta["status"] == answer.status, file.name
+        if answer.wire != answer.body:  # sent gzipped
+            assert kept.endswith(answer.wire), file.name
+            assert len(kept) == len(gzip.compress(line + b"\n", 1)) + len(answer.wire)
+    return len(files)
+
+
+def _bad_gzip(reply: Reply, how: str) -> Reply:
+    """`reply` labelled gzip, with a gzip body that does not decompress (see Fault)."""
+    compressed = gzip.compress(reply.payload(), 1)
+    if how == "truncated":
+        body = compressed[: len(compressed) // 2]
+    else:  # the deflate data after the 10-byte header overwritten, the trailer intact
+        middle = max(1, (len(compressed) - 18) // 2)
+        body = compressed[:10] + b"\xff" * middle + compressed[10 + middle :]
+    headers = {**reply.headers, "Content-Encoding": "gzip"}
+    return Reply(reply.status, body=body, headers=headers)
 
 
 # --- OAuth 2.0 client credentials ------------------------------------------------------------
