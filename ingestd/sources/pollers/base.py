@@ -7,7 +7,8 @@ or a polars frame of String columns: the OneRoster REST poller's). It never writ
 files and never touches the pipeline: the runner (runner.py) writes the roster
 as a set and hands it on, exactly like an SFTP upload. Every page received is
 given to `PageArchive` so the raw responses are kept (gzip) with the set for
-audit.
+audit: a body the server sent gzip-compressed is kept in the server's own gzip
+bytes, not compressed again.
 
 A pull either returns a complete Roster or raises `PullError` (with a reason
 an operator can act on, never a response body): an incomplete pull is never
@@ -69,11 +70,16 @@ class CheckLine:
 
 
 class PageArchive:
-    """Keeps every response body of a pull, gzip-compressed, numbered in arrival order.
+    """Keeps every response body of a pull, gzip-compressed, numbered in arrival order:
+    `<n>-<collection>.json.gz`, which decompresses (gzip.decompress, or any gzip reader) to
+    a JSON line `{"url": ..., "status": ...}`, b"\n", then the body exactly as decoded.
 
-    Level 1 (`COMPRESS_LEVEL`): on bench/poll.py's pages (JSON, 3-9 MB each) it takes half
-    the CPU time of level 5 and the files are 10-20% larger (still 10-30 times smaller than
-    the bodies)."""
+    A body that came gzip-compressed (`gzipped`) is not compressed again: the file is a gzip
+    member holding the meta line and its newline, followed by the server's gzip bytes
+    verbatim (concatenated gzip members decompress to the concatenation of their contents).
+    Any other body is compressed here at level 1 (`COMPRESS_LEVEL`): on bench/poll.py's
+    pages (JSON, 3-9 MB each) it takes half the CPU time of level 5 and the files are
+    10-20% larger (still 10-30 times smaller than the bodies)."""
 
     COMPRESS_LEVEL = 1
 
@@ -86,17 +92,26 @@ class PageArchive:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
-    def record(self, collection: str, url: str, status: int, body: bytes) -> None:
-        """Keep one response (`url` without credentials: they travel in headers only)."""
+    def record(
+        self, collection: str, url: str, status: int, body: bytes, gzipped: bytes | None = None
+    ) -> None:
+        """Keep one response (`url` without credentials: they travel in headers only).
+        `body` is the decoded body; `gzipped`, if given, the same body as the server sent it
+        gzip-compressed (it must decompress to `body`), kept as it is."""
         self.count += 1
         if self.on_record is not None:
             self.on_record(collection, self.count)
         if self.folder is None:
             return
-        name = f"{self.count:06d}-{_safe(collection)}.json.gz"
-        meta = json.dumps({"url": url, "status": status}).encode()
-        with gzip.open(self.folder / name, "wb", compresslevel=self.COMPRESS_LEVEL) as f:
-            f.write(meta + b"\n" + body)
+        path = self.folder / f"{self.count:06d}-{_safe(collection)}.json.gz"
+        meta = json.dumps({"url": url, "status": status}).encode() + b"\n"
+        if gzipped is None:
+            with gzip.open(path, "wb", compresslevel=self.COMPRESS_LEVEL) as f:
+                f.write(meta + body)
+            return
+        with path.open("wb") as f:
+            f.write(gzip.compress(meta, self.COMPRESS_LEVEL))
+            f.write(gzipped)
 
 
 class Poller(Protocol):

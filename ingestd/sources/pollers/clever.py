@@ -113,7 +113,9 @@ class CleverPoller:
         while True:
             seen.add(path)
             response = await self._get(path, label)
-            self.pages.record(label, response.url, response.status, response.content)
+            self.pages.record(
+                label, response.url, response.status, response.content, response.gzipped
+            )
             data, links = _page(response, label)
             if not data:
                 break

@@ -6,10 +6,17 @@
   query parameter goes into the signature base string), or a static bearer
   token. The token response's cookies stay in the client's jar (Aeries' load
   balancer wants them back).
+- Compressed transfer: every request asks for `Accept-Encoding: gzip` (gzip
+  only: the body is read raw, as it came, and decoded here, not by httpx). A
+  `Content-Encoding` of gzip or x-gzip is decompressed (several members too),
+  identity or none is taken as is, any other is a PullError naming it (not
+  retried). The gzip bytes as received stay in `ApiResponse.gzipped`, so the
+  page archive keeps them without compressing the body again (base.py).
 - Retries with exponential backoff and full jitter on 429/500/502/503/504,
-  timeouts, connection errors and truncated or non-JSON bodies (a 2xx body is
-  parsed by json.loads, or by the caller's `parse`, which raises ValueError
-  for a body that is not JSON); `Retry-After`
+  timeouts, connection errors, truncated or non-JSON bodies and gzip bodies
+  that do not decompress ("bad_gzip") (a 2xx body is parsed, once decoded, by
+  json.loads, or by the caller's `parse`, which raises ValueError for a body
+  that is not JSON); `Retry-After`
   (seconds or an HTTP date) and Clever's `X-RateLimit-Reset` (unix time) say
   how long to wait when present. Other 4xx are not retried.
 - Redirects are followed only to the same scheme, host and port.
@@ -24,9 +31,11 @@ import asyncio
 import base64
 import email.utils
 import gc
+import gzip
 import json
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,6 +50,8 @@ from ingestd.sources.pollers.base import PullError
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REFRESH_MARGIN = 120.0
 MAX_REDIRECTS = 5
+ACCEPT_ENCODING = "gzip"  # only what `decode_body` decodes
+GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
 
 
 class HttpError(PullError):
@@ -52,16 +63,31 @@ class HttpError(PullError):
         self.url = url
 
 
+class _BadGzip(Exception):
+    """A gzip body that does not decompress (truncated or corrupt): retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """One answer as it came: status and headers, and the body's bytes as sent (raw: still
+    compressed if the server compressed them)."""
+
+    response: httpx.Response
+    raw: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
-    """A successful (2xx) response; its body parsed once, when it arrived (by json.loads, or
-    by the `parse` the request was given)."""
+    """A successful (2xx) response; its body decoded and parsed once, when it arrived (by
+    json.loads, or by the `parse` the request was given). `content` is the body decoded;
+    `gzipped` the body as received when the server sent it gzip-compressed, else None."""
 
     status: int
     url: str
     headers: httpx.Headers
     content: bytes
     data: Any
+    gzipped: bytes | None = None
 
     def json(self) -> Any:
         """The body as JSON."""
@@ -221,7 +247,11 @@ class ApiClient:
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": f"ingestd/{__version__}"},
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "User-Agent": f"ingestd/{__version__}",
+            },
         )
         self.log = get_logger(**(log_context or {}))
         self.requests = 0
@@ -273,7 +303,8 @@ class ApiClient:
         json_body: Any = None,
         parse: Callable[[bytes], Any] | None = None,
     ) -> ApiResponse:
-        """One logical request (with its retries, re-auth and same-host redirects)."""
+        """One logical request (with its retries, re-auth and same-host redirects); the body
+        decoded as the module says."""
         url = self.url_for(path)
         reauthed = False
         attempt = 0
@@ -283,12 +314,13 @@ class ApiClient:
             wait: float | None = None
             why = ""
             try:
-                response = await self._send(method, url, params, json_body)
+                received = await self._send(method, url, params, json_body)
             except httpx.TimeoutException:
                 why = "timeout"
             except httpx.TransportError as exc:  # refused, reset, truncated body
                 why = exc.__class__.__name__
             else:
+                response = received.response
                 status = response.status_code
                 if status in (301, 302, 303, 307, 308) and "location" in response.headers:
                     target = urljoin(str(response.request.url), response.headers["location"])
@@ -311,20 +343,17 @@ class ApiClient:
                     attempt -= 1
                     continue
                 if 200 <= status < 300:
-                    content = response.content
                     try:
-                        data = (parse or parse_json)(content)
+                        return _success(received, parse or parse_json, url)
+                    except _BadGzip:
+                        why = "bad_gzip"
                     except ValueError:
                         why = "not_json"
-                    else:
-                        return ApiResponse(
-                            status, str(response.url), response.headers, content, data
-                        )
                 elif status in RETRY_STATUSES:
                     why = f"http_{status}"
                     wait = _server_wait(response.headers)
                 else:
-                    raise HttpError(status, _path(url), _describe(status, response))
+                    raise HttpError(status, _path(url), _describe(status, received))
             if attempt >= self.max_attempts:
                 raise PullError(f"{_path(url)} still failing after {attempt} attempts ({why})", why)
             if wait is None:
@@ -343,7 +372,8 @@ class ApiClient:
 
     async def _send(
         self, method: str, url: str, params: dict[str, Any] | None, json_body: Any
-    ) -> httpx.Response:
+    ) -> _Received:
+        """One HTTP exchange; the body read raw (`aiter_raw`: nothing decoded by httpx)."""
         async with self._slots:
             request = self._http.build_request(method, url, params=params, json=json_body)
             if self.auth is not None:
@@ -351,12 +381,55 @@ class ApiClient:
                 if "cookie" not in request.headers:  # set by the token response just now
                     self._http.cookies.set_cookie_header(request)
             self.requests += 1
-            response = await self._http.send(request)
+            response = await self._http.send(request, stream=True)
             try:
-                await response.aread()
+                raw = b"".join([chunk async for chunk in response.aiter_raw()])
             finally:
                 await response.aclose()
-            return response
+            return _Received(response, raw)
+
+
+def _success(received: _Received, parse: Callable[[bytes], Any], url: str) -> ApiResponse:
+    """A 2xx answer decoded and parsed: _BadGzip for a gzip body that does not decompress,
+    ValueError for a body that is not JSON (both retried), PullError for an encoding we do
+    not decode."""
+    response = received.response
+    encoding = _encoding(response.headers)
+    content = decode_body(encoding, received.raw, _path(url))
+    data = parse(content)
+    gzipped = received.raw if encoding in GZIP_ENCODINGS else None
+    return ApiResponse(
+        response.status_code, str(response.url), response.headers, content, data, gzipped
+    )
+
+
+def _encoding(headers: httpx.Headers) -> str:
+    """The body's Content-Encoding, lower-case: "" for none or identity, the codings as sent
+    (comma-separated) when there are several."""
+    codings = [c.strip().lower() for c in headers.get("content-encoding", "").split(",")]
+    return ", ".join(c for c in codings if c not in ("", "identity"))
+
+
+def decode_body(encoding: str, raw: bytes, path: str) -> bytes:
+    """The body decoded from `encoding` (`_encoding`'s form): _BadGzip for gzip that does
+    not decompress, PullError (reason "unsupported_encoding") for anything but gzip or none."""
+    if not encoding:
+        return raw
+    if encoding in GZIP_ENCODINGS:
+        return gunzip(raw)
+    raise PullError(
+        f"{path}: the server sent a body in Content-Encoding {encoding[:40]!r}; only gzip "
+        "was asked for (Accept-Encoding: gzip)",
+        "unsupported_encoding",
+    )
+
+
+def gunzip(raw: bytes) -> bytes:
+    """A gzip body decompressed (every member); _BadGzip if it is truncated or corrupt."""
+    try:
+        return gzip.decompress(raw)
+    except (zlib.error, EOFError, gzip.BadGzipFile):
+        raise _BadGzip from None
 
 
 def _same_origin(url: str, origin: str) -> bool:
@@ -405,9 +478,11 @@ def _server_wait(headers: httpx.Headers) -> float | None:
     return None
 
 
-def _describe(status: int, response: httpx.Response) -> str:
-    """A message for an error status: the OneRoster statusInfoSet description if any (a
-    short, vendor-written text, not roster data), else the status alone."""
+def _describe(status: int, received: _Received) -> str:
+    """A message for an error status: the OneRoster statusInfoSet description of the decoded
+    body if any (a short, vendor-written text, not roster data), else the status alone (also
+    when the body cannot be decoded or is not JSON)."""
+    response = received.response
     hint = {
         401: "authentication failed: check the credentials",
         403: "not shared with this application",
@@ -416,10 +491,11 @@ def _describe(status: int, response: httpx.Response) -> str:
     }.get(status, "")
     detail = ""
     try:
-        info = response.json().get("statusInfoSet")
+        body = decode_body(_encoding(response.headers), received.raw, "")
+        info = json.loads(body).get("statusInfoSet")
         if isinstance(info, list) and info and isinstance(info[0], dict):
             detail = str(info[0].get("imsx_description", ""))[:200]
-    except (ValueError, AttributeError):
+    except (_BadGzip, PullError, ValueError, AttributeError):
         pass
     text = f"{_path(str(response.request.url))}: HTTP {status}"
     if hint:

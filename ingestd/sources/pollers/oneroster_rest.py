@@ -236,9 +236,10 @@ class _Rows:
 
 
 class _Archive:
-    """Gives each page to the PageArchive in a worker thread (gzip releases the GIL, so it
-    runs beside the event loop's JSON work), one page at a time and in arrival order, with
-    at most `AHEAD` pages waiting (their bodies are held in memory meanwhile)."""
+    """Gives each page to the PageArchive in a worker thread (a page that came uncompressed
+    is gzipped there, and gzip releases the GIL, so it runs beside the event loop's JSON
+    work; a page that came gzipped is written as it came), one page at a time and in arrival
+    order, with at most `AHEAD` pages waiting (their bodies are held in memory meanwhile)."""
 
     AHEAD = 8
 
@@ -259,7 +260,12 @@ class _Archive:
             async with self.turn:
                 started = time.perf_counter()
                 await asyncio.to_thread(
-                    self.pages.record, collection, response.url, response.status, response.content
+                    self.pages.record,
+                    collection,
+                    response.url,
+                    response.status,
+                    response.content,
+                    response.gzipped,
                 )
                 self.stats.archive_seconds += time.perf_counter() - started
         finally:

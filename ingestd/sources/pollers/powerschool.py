@@ -460,7 +460,9 @@ class PowerSchoolPoller:
             response = await self.client.request("POST", path, params=args, json_body={})
         else:
             response = await self.client.get(path, args)
-        self.pages.record(resource.name, response.url, response.status, response.content)
+        self.pages.record(
+            resource.name, response.url, response.status, response.content, response.gzipped
+        )
         return _items(_object(response, path), resource, path)
 
     async def _count(self, resource: Resource, path: str, query: bool) -> int:
@@ -469,7 +471,7 @@ class PowerSchoolPoller:
         else:
             response = await self.client.get(path + "/count")
         self.pages.record(resource.name + "_count", response.url, response.status,
-                          response.content)  # fmt: skip
+                          response.content, response.gzipped)  # fmt: skip
         body = _object(response, path + "/count")
         holder = body.get("resource", body)
         count = as_int(holder.get("count")) if isinstance(holder, dict) else None
@@ -479,7 +481,9 @@ class PowerSchoolPoller:
 
     async def _get(self, collection: str, path: str, **params: Any) -> ApiResponse:
         response = await self.client.get(path, params or None)
-        self.pages.record(collection, response.url, response.status, response.content)
+        self.pages.record(
+            collection, response.url, response.status, response.content, response.gzipped
+        )
         return response
 
     # --- ingestd check -----------------------------------------------------------------------

@@ -61,7 +61,7 @@ from tests.sources.pollers.fake_clever import (
     sis_id,
     term_of,
 )
-from tests.sources.pollers.fakehttp import Sleeps
+from tests.sources.pollers.fakehttp import FakeServer, Sleeps, assert_archived_as_sent
 
 TENANT = "cedar-valley"
 PAGE = 50  # ~150 students and ~230 contacts: several pages each
@@ -287,6 +287,22 @@ def test_full_pull_equals_the_district(district: Path, fake: FakeClever, tmp_pat
     assert len(list(pages.glob("*.json.gz"))) == outcome.requests
 
     assert process(state, outcome.set_id) == "accepted"
+
+
+def test_gzip_transfer_gives_the_same_set_and_archives_the_servers_bytes(
+    district: Path, baseline: str, tmp_path: Path
+) -> None:
+    fake = FakeClever(from_oneroster(district), server=FakeServer(gzip=True, keep_sent=True))
+    with fake:
+        pulled = pull(fake, tmp_path / "state")
+    outcome = pulled.outcome
+    assert outcome.error is None, outcome.error
+    assert outcome.digest == baseline
+    assert fake.server.sent is not None
+    sent = [a for a in fake.server.sent if a.url.split("/", 3)[3].startswith("v3.0/")]
+    assert len(sent) == outcome.requests and all(a.wire != a.body for a in sent)
+    pages = sets.set_dir(tmp_path / "state", TENANT, outcome.set_id) / "pages"
+    assert assert_archived_as_sent(pages, sent) == outcome.requests
 
 
 def test_check_reads_each_collection(fake: FakeClever) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
+import json
 import time
 from collections.abc import Iterator
 
@@ -259,6 +261,82 @@ def test_concurrency_is_bounded(server: FakeServer):
             assert time.monotonic() - started >= 0.55  # 6 slow requests, 3 at a time
 
     asyncio.run(go())
+
+
+# --- compressed transfer ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def gzip_server() -> Iterator[FakeServer]:
+    """Answers ~100 KB of JSON, gzipped when the request allows it (as nginx would)."""
+    s = FakeServer(gzip=True, keep_sent=True)
+
+    @s.route("GET", BASE + "/users")
+    def users(req: Request) -> Reply:
+        return Reply(json={"users": [{"sourcedId": f"u{i}", "givenName": "Ann"} for i in
+                                     range(2000)]})  # fmt: skip
+
+    @s.route("GET", BASE + "/orgs")
+    def orgs(req: Request) -> Reply:
+        return Reply(403, json={"statusInfoSet": [{"imsx_description": "orgs not shared"}]})
+
+    with s:
+        yield s
+
+
+def test_gzip_is_asked_for_and_decoded(gzip_server: FakeServer):
+    response = get(client(gzip_server))
+    assert [r.headers.get("accept-encoding") for r in gzip_server.requests] == ["gzip"]
+    assert gzip_server.sent is not None
+    (sent,) = gzip_server.sent
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.gzipped == sent.wire and len(sent.wire) < len(sent.body) / 5
+    assert response.content == sent.body
+    assert response.json() == json.loads(sent.body)
+    assert response.json()["users"][1999] == {"sourcedId": "u1999", "givenName": "Ann"}
+
+
+def test_a_plain_answer_keeps_no_gzip(server: FakeServer):
+    response = get(client(server))
+    assert server.requests[0].headers.get("accept-encoding") == "gzip"
+    assert "content-encoding" not in response.headers
+    assert response.gzipped is None
+    assert response.json()["users"] == [{"sourcedId": "u1"}]
+
+
+def test_an_error_status_is_described_from_the_decoded_body(gzip_server: FakeServer):
+    with pytest.raises(HttpError) as err:
+        get(client(gzip_server), "/orgs")
+    assert err.value.status == 403 and err.value.message.endswith(": orgs not shared")
+    assert gzip_server.sent is not None
+    assert gzip.decompress(gzip_server.sent[0].wire) == gzip_server.sent[0].body  # sent gzipped
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_a_gzip_body_that_does_not_decompress_is_retried(gzip_server: FakeServer, how: str):
+    gzip_server.fail_next("/users", bad_gzip=how)
+    sleeps = Sleeps()
+    response = get(client(gzip_server, sleep=sleeps))
+    assert len(gzip_server.requests) == 2 and len(sleeps.waits) == 1
+    assert response.json()["users"][0] == {"sourcedId": "u0", "givenName": "Ann"}
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_a_gzip_body_that_never_decompresses_fails_with_the_reason(server: FakeServer, how: str):
+    server.fail_next("/users", times=10, bad_gzip=how)  # a plain server behind a bad proxy
+    with pytest.raises(PullError) as err:
+        get(client(server, max_attempts=3))
+    assert err.value.code == "bad_gzip" and "3 attempts (bad_gzip)" in err.value.message
+    assert len(server.requests) == 3
+
+
+def test_an_encoding_not_asked_for_fails_and_is_not_retried(gzip_server: FakeServer):
+    gzip_server.fail_next("/users", times=10, encoding="br")
+    with pytest.raises(PullError) as err:
+        get(client(gzip_server))
+    assert err.value.code == "unsupported_encoding"
+    assert "Content-Encoding 'br'" in err.value.message
+    assert len(gzip_server.requests) == 1
 
 
 # --- redirects and links -----------------------------------------------------------------------

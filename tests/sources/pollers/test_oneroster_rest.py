@@ -54,10 +54,18 @@ from tests.sources.pollers.fake_oneroster import (
     BASE,
     STAMP,
     FakeOneRoster,
+    NoDelayServer,
     Scenario,
     read_district,
 )
-from tests.sources.pollers.fakehttp import OAuth1Verifier, OAuth2Issuer, Reply, Sleeps, StaticBearer
+from tests.sources.pollers.fakehttp import (
+    OAuth1Verifier,
+    OAuth2Issuer,
+    Reply,
+    Sleeps,
+    StaticBearer,
+    assert_archived_as_sent,
+)
 
 TENANT = "lakeview"
 TOKEN = "static-token-1"
@@ -237,6 +245,29 @@ def test_full_pull_equals_the_district(
     assert len(list(archive.glob("*.json.gz"))) == pages
     # and the set goes through the pipeline like an upload
     assert accept(tmp_path, outcome.set_id) == "accepted"
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_compressed_transfer_gives_the_same_set_and_keeps_the_servers_bytes(
+    compressed: bool, district: Path, expected: dict[str, pl.DataFrame], tmp_path: Path
+) -> None:
+    """A server that gzips its answers gives the same set as one that does not; every page is
+    archived as meta line, newline and the body sent, and a gzipped body in the server's own
+    bytes (not compressed again)."""
+    fake = FakeOneRoster(district, server=NoDelayServer(gzip=compressed, keep_sent=True))
+    StaticBearer(fake.server, TOKEN)
+    with fake:
+        pulled = pull(tmp_path, fake)
+    outcome = pulled.outcome
+    assert outcome.error is None, outcome.error
+    no_retries(pulled)
+    assert_same_district(tmp_path, outcome.set_id, expected)
+    sent = fake.server.sent
+    assert sent is not None
+    assert len(sent) == sum(pages_of(f.height, PAGE) for f in expected.values())
+    assert all((answer.wire != answer.body) is compressed for answer in sent)
+    pages = sets.set_dir(tmp_path, TENANT, outcome.set_id) / "pages"
+    assert assert_archived_as_sent(pages, sent) == len(sent)
 
 
 # --- (b) a second pull after changes at the SIS --------------------------------------------------
@@ -438,6 +469,8 @@ TOLERATED: dict[str, tuple[Scenario, Setup | None, Check]] = {
     "504": (Scenario(), _fault(r"/courses$", status=504, after=1), _retried),
     "slow past the timeout": (Scenario(), _fault(r"/users$", delay=2.5, after=2), _timed_out),
     "truncated JSON": (Scenario(), _fault(r"/enrollments$", truncate=True, after=7), _retried),
+    "truncated gzip": (Scenario(), _fault(r"/users$", bad_gzip="truncated", after=2), _retried),
+    "corrupt gzip": (Scenario(), _fault(r"/enrollments$", bad_gzip="corrupt", after=4), _retried),
     "connection reset": (Scenario(), _fault(r"/users$", reset=True, after=4), _retried),
     "records inserted between pages": (
         Scenario(),
@@ -608,6 +641,18 @@ REJECTED: dict[str, tuple[Scenario, Setup | None, str, str]] = {
         None,
         "paging_stuck",
         "holds only records already received: the API ignores `offset`",
+    ),
+    "persistent corrupt gzip": (
+        Scenario(),
+        _fault(r"/classes$", bad_gzip="corrupt", times=1000, after=1),
+        "bad_gzip",
+        "/classes still failing after 4 attempts (bad_gzip)",
+    ),
+    "an encoding not asked for (br)": (
+        Scenario(),
+        _fault(r"/users$", encoding="br", times=1000, after=2),
+        "unsupported_encoding",
+        "the server sent a body in Content-Encoding 'br'",
     ),
     "persistent truncation": (
         Scenario(),

@@ -55,7 +55,7 @@ from tests.sources.pollers.fake_powerschool import (
     from_oneroster,
     read_csv,
 )
-from tests.sources.pollers.fakehttp import Sleeps
+from tests.sources.pollers.fakehttp import FakeServer, Sleeps, assert_archived_as_sent
 
 TENANT = "riverbend-ps"
 SMALL_CAPS = {
@@ -441,6 +441,20 @@ def test_transport_faults_are_retried(fault: dict, fake: FakePowerSchool, state:
                                       baseline: dict):  # fmt: skip
     fake.server.fail_next(r"/ws/v1/school/\d+/section$", after=1, **fault)
     recovered(fake, state, baseline, timeout=0.4)
+
+
+def test_gzip_transfer_gives_the_same_set_and_archives_the_servers_bytes(
+    small: Path, state: Path, baseline: dict
+):
+    server = FakeServer(gzip=True, keep_sent=True)
+    fake = FakePowerSchool(from_oneroster(small), caps=FAULT_CAPS, server=server)
+    with fake:
+        outcome = recovered(fake, state, baseline)
+    assert server.sent is not None
+    sent = [a for a in server.sent if TOKEN_PATH not in a.url]
+    assert sent and all(a.wire != a.body for a in sent)
+    pages = sets.set_dir(state, TENANT, outcome.set_id) / "pages"
+    assert assert_archived_as_sent(pages, sent) == len(sent)
 
 
 def test_token_invalidated_mid_pull_reauthenticates_and_continues(
