@@ -1,6 +1,7 @@
 """Benchmark: pull a large district from the fake OneRoster 1.1 REST server.
 
     python bench/poll.py [--students 100000] [--limit 10000] [--concurrency 4] [--runs 2]
+                         [--no-gzip]
 
 The district is written by `ingestd.oneroster.sample.generate` (cached in --dir) and served
 by tests/sources/pollers/fake_oneroster.py in a child process (so that the server's JSON
@@ -8,6 +9,13 @@ work does not share the client's GIL), behind a static bearer token, `limit` cap
 10,000 (ClassLink's cap). The parent pulls it with `OneRosterPoller` and a real `ApiClient`
 and `PageArchive` (every page gzip-kept, as `runner.pull_set` does), then writes the CSV
 set with `runner.write_roster` (timed apart).
+
+Transfer: the fake gzips its answers (`Content-Encoding: gzip`), as nginx or a CDN in front
+of a vendor API does, at level 1 (nginx's default `gzip_comp_level`: the least compression a
+real server is likely to send, so the sizes are not flattered); the client decompresses them
+and the archive keeps the server's gzip bytes as they came. `--no-gzip` benches the plain
+(identity) transfer, where the archive compresses each body itself. The server's gzip time
+is timed apart and printed on its own line; it is not part of the ratio.
 
 Printed per run: pull time, requests, rows/s, the client's peak RSS, and where the time
 goes. The ratio asked for, *client overhead per page / server serialization per page*, is
@@ -19,10 +27,11 @@ measured directly on both sides, not as a difference of wall clocks:
   thread runs is not counted);
 - client overhead per page: the CPU time (`time.process_time`, all threads) the client
   process spent during the pull, divided by the pages: receiving and checking the body in
-  ApiClient, decoding the JSON, mapping it to rows, gzip-archiving it. CPU time is used
-  because the collections are pulled concurrently, so wall-clock segments overlap each
-  other and the server's work; with --concurrency 1 the wall-clock difference (pull time
-  minus the server's whole time per request) is printed too, as a cross-check.
+  ApiClient (and decompressing it), decoding the JSON, mapping it to rows, archiving it
+  (compressing it first when it came plain). CPU time is used because the collections are
+  pulled concurrently, so wall-clock segments overlap each other and the server's work;
+  with --concurrency 1 the wall-clock difference (pull time minus the server's whole time
+  per request) is printed too, as a cross-check.
 """
 
 from __future__ import annotations
@@ -40,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests pac
 TOKEN = "bench-token"
 
 
-def _serve(district: str, cap: int, conn) -> None:  # the child process
-    from tests.sources.pollers.fake_oneroster import FakeOneRoster, Scenario
+def _serve(district: str, cap: int, gzip: bool, conn) -> None:  # the child process
+    from tests.sources.pollers.fake_oneroster import FakeOneRoster, NoDelayServer, Scenario
     from tests.sources.pollers.fakehttp import StaticBearer
 
-    fake = FakeOneRoster(Path(district), Scenario(max_limit=cap))
+    fake = FakeOneRoster(Path(district), Scenario(max_limit=cap), NoDelayServer(gzip=gzip))
     StaticBearer(fake.server, TOKEN)
     with fake:
         conn.send(fake.url)
@@ -53,6 +62,7 @@ def _serve(district: str, cap: int, conn) -> None:  # the child process
             command = conn.recv()
             if command == "reset":
                 fake.pages_served, fake.build_seconds, fake.serialize_seconds = 0, 0.0, 0.0
+                fake.server.gzip_seconds = 0.0
                 fake.server.requests.clear()
                 cpu = time.process_time()
                 conn.send(None)
@@ -62,6 +72,7 @@ def _serve(district: str, cap: int, conn) -> None:  # the child process
                         "pages": fake.pages_served,
                         "build": fake.build_seconds,
                         "serialize": fake.serialize_seconds,
+                        "gzip": fake.server.gzip_seconds,
                         "cpu": time.process_time() - cpu,
                         "requests": len(fake.server.requests),
                     }
@@ -102,8 +113,9 @@ async def _pull(url: str, limit: int, concurrency: int, pages_dir: Path, out: di
     from ingestd.sources.pollers.oneroster_rest import OneRosterPoller
 
     # measured, not changed: json.loads (ApiClient's, or the poller's for a page polars did
-    # not take) and the archive's gzip
+    # not take), ApiClient's gunzip of a gzip body, and the archive (its gzip, and writing)
     is_json = http.parse_json = _Timer(http.parse_json)
+    gunzip = http.gunzip = _Timer(http.gunzip)
     archive = PageArchive(pages_dir)
     record = archive.record = _Timer(archive.record)
 
@@ -121,8 +133,8 @@ async def _pull(url: str, limit: int, concurrency: int, pages_dir: Path, out: di
         started, cpu = time.perf_counter(), time.process_time()
         roster = await poller.pull()
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    http.parse_json = is_json.fn
-    parts = {"parse": is_json.seconds, "gzip": record.seconds}
+    http.parse_json, http.gunzip = is_json.fn, gunzip.fn
+    parts = {"parse": is_json.seconds, "gunzip": gunzip.seconds, "archive": record.seconds}
     out.update(roster=roster, seconds=seconds, cpu=cpu, client=c, poller=poller, parts=parts)
 
 
@@ -134,6 +146,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("bench/out/poll"))
+    parser.add_argument("--no-gzip", action="store_true", help="plain (identity) transfer")
     args = parser.parse_args()
 
     from ingestd.oneroster.sample import generate
@@ -146,7 +159,8 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(str(district), 10_000, child), daemon=True)
+    gzip = not args.no_gzip
+    server = ctx.Process(target=_serve, args=(str(district), 10_000, gzip, child), daemon=True)
     server.start()
     url = parent.recv()
     try:
@@ -169,21 +183,28 @@ def main() -> None:
             client_page = cpu / pages
             serialize_page = srv["serialize"] / srv["pages"]
             build_page = srv["build"] / srv["pages"]
+            gzip_page = srv["gzip"] / srv["pages"]
+            transfer = "gzip (server level 1)" if gzip else "plain (identity, --no-gzip)"
             print(f"run {run}: {args.students:,} students, limit {args.limit:,}, "
-                  f"max_concurrent {args.concurrency}")  # fmt: skip
+                  f"max_concurrent {args.concurrency}, transfer {transfer}")  # fmt: skip
             print(f"  pull            {seconds:8.2f} s   {client.requests} requests "
                   f"({client.retries} retries), {pages} pages, {rows:,} rows, "
                   f"{rows / seconds:,.0f} rows/s")  # fmt: skip
             print(f"  write_roster    {write:8.2f} s   (CSV set, not part of the pull)")
             print(f"  client peak RSS {_hwm() / 2**30:8.2f} GiB")
-            rest = cpu - parts["parse"] - st.decode_seconds - st.map_seconds - parts["gzip"]
+            timed = parts["parse"] + parts["gunzip"] + parts["archive"]
+            rest = cpu - timed - st.decode_seconds - st.map_seconds
             print(f"  client CPU      {cpu:8.2f} s   {client_page * 1000:7.1f} ms/page")
+            print(f"    gunzip                 {parts['gunzip']:6.2f} s   (ApiClient, of the "
+                  "bodies that came gzipped)")  # fmt: skip
             print(f"    json.loads             {parts['parse']:6.2f} s   "
                   f"({st.python_pages} pages the Python way)")  # fmt: skip
             print(f"    polars decode + map    {st.decode_seconds:6.2f} s   (the calling thread's "
                   "CPU: polars' own threads count in the rest)")  # fmt: skip
             print(f"    rows, de-dup           {st.map_seconds:6.2f} s   (Python mapping included)")
-            print(f"    archive gzip           {parts['gzip']:6.2f} s   (its own thread)")
+            archived = "the server's gzip bytes written as they came" if gzip else "gzip level 1"
+            print(f"    archive                {parts['archive']:6.2f} s   (its own thread: "
+                  f"{archived})")  # fmt: skip
             print(f"    HTTP, asyncio, rest    {rest:6.2f} s")
             print(f"  waiting         {st.fetch_seconds:8.2f} s   for responses, summed over the "
                   "collections pulled at once")  # fmt: skip
@@ -191,12 +212,15 @@ def main() -> None:
                 f"  server          {srv['cpu']:8.2f} s CPU; per page: json.dumps "
                 f"{serialize_page * 1000:.1f} ms, building records {build_page * 1000:.1f} ms"
             )
+            if gzip:
+                print(f"  server gzip per page {gzip_page * 1000:.1f} ms   (level 1, timed apart: "
+                      "not in the ratio)")  # fmt: skip
             print(f"  ratio           {client_page / serialize_page:8.2f}   client overhead per "
                   "page / server serialization (json.dumps) per page")  # fmt: skip
             if args.concurrency == 1:
-                waited = seconds - srv["build"] - srv["serialize"]
+                waited = seconds - srv["build"] - srv["serialize"] - srv["gzip"]
                 print(f"  cross-check     {waited / pages * 1000:7.1f} ms/page = (pull time - "
-                      "server build+serialize) / pages, requests one at a time (wall clock: "
+                      "server build+serialize+gzip) / pages, requests one at a time (wall clock: "
                       "includes the HTTP transfer and any time the machine was busy "
                       "elsewhere)")  # fmt: skip
             for warning in roster.warnings:

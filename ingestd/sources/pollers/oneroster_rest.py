@@ -18,16 +18,21 @@ Paging
     `max_concurrent` (set `max_concurrent_requests = 1` for Infinite Campus in school hours).
 
 Cost (bench/poll.py: 100,000 students, 1.37 million records, 147 pages of 10,000, fake server
-in another process, 2 shared cores)
-    ~18-22 s per pull, ~9 s of client CPU (60 ms a page, 1.8 times the server's json.dumps of
-    it): polars decoding and mapping 4.4-4.8 s (the pages' JSON parsed in Rust against a
-    strict schema, with the scans of oneroster_rest_frame.py; no page goes the Python way
-    there), rows and de-duplication 0.3 s, gzip of the page archive 1.6 s (level 1, in a
-    worker thread), HTTP and the rest 2.4 s; 0.85 GB peak RSS. The rows are one polars frame
-    per page, so the cyclic GC no longer walks millions of row dicts. A page polars does not
-    take (odd shapes, see oneroster_rest_frame.py) goes through json.loads and
-    `oneroster_rest_map.make_mapper`, with the GC paused, at about twice the cost. Concurrent
-    collections overlap a real vendor's server time, which is usually the larger part.
+in another process, 2 shared cores; `--runs 1`, and `--runs 1 --no-gzip`)
+    ~17-18 s per pull either way (the fake server's time). Gzip transfer (the server gzips at
+    level 1, nginx's default: a users page of 6.7 MB comes as 0.65 MB, enrollments 5.8 MB as
+    0.17 MB): ~6.8 s of client CPU (46-47 ms a page, 1.45 times the server's json.dumps of
+    it): polars decoding and mapping 4.4 s (the pages' JSON parsed in Rust against a strict
+    schema, with the scans of oneroster_rest_frame.py; no page goes the Python way there),
+    ApiClient's gunzip 0.6 s, rows and de-duplication 0.3 s, the page archive 0.06 s (the
+    server's gzip bytes written as they came), HTTP and the rest 1.5 s. Plain transfer:
+    ~8.5-9 s (58-62 ms a page, 1.8 times json.dumps): no gunzip, but gzip of the page archive
+    1.6-1.7 s (level 1, in a worker thread) and HTTP and the rest 2.2-2.4 s (10-30 times the
+    bytes). 0.8 GB peak RSS. The rows are one polars frame per page, so the cyclic GC no
+    longer walks millions of row dicts. A page polars does not take (odd shapes, see
+    oneroster_rest_frame.py) goes through json.loads and `oneroster_rest_map.make_mapper`,
+    with the GC paused, at about twice the cost. Concurrent collections overlap a real
+    vendor's server time, which is usually the larger part.
 
 Cross-checks (warnings, never failures)
     `X-Total-Count` (or ClassLink's `x-count`) of the last page against the distinct records

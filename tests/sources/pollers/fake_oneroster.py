@@ -43,7 +43,9 @@ reaches the handlers (before any auth check); a Reply it returns is the answer. 
 answered by a fakehttp fault are not counted.
 
 The fake measures its own work per page, in CPU time of the serving thread: building the JSON
-records (`build_seconds`) and `json.dumps` (`serialize_seconds`), for bench/poll.py.
+records (`build_seconds`) and `json.dumps` (`serialize_seconds`), for bench/poll.py; gzip,
+when its server compresses (`NoDelayServer(gzip=True)`), is timed by the server
+(`server.gzip_seconds`, fakehttp).
 """
 
 from __future__ import annotations
