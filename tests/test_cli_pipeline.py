@@ -343,6 +343,9 @@ def test_events_follow_prints_what_another_process_commits(
             proc.kill()
             proc.wait(timeout=10)
         reader.join(timeout=10)
+        for pipe in (proc.stdout, proc.stderr):  # closed here, not by the GC in a later test
+            if pipe is not None:
+                pipe.close()
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -579,6 +579,9 @@ def test_a_recoverer_paused_in_its_snapshot_while_another_commits_the_set(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdout, proc.stderr):  # left open when the setup went wrong
+                if pipe is not None:
+                    pipe.close()
 
     assert a.returncode == 0, f"A exited {a.returncode}: {a_err.strip().splitlines()[-1:]}"
     log = parse_log(dump_events(state))
