@@ -19,13 +19,13 @@ import pytest
 
 from ingestd.events.store import EventStore
 from ingestd.oneroster import spec
-from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
 from tests.oneroster.corpus import (
     copy_set,
     fields,
     find_line,
+    generated,
     join,
     read_lines,
     set_cell,
@@ -41,9 +41,7 @@ Run = Callable[..., subprocess.CompletedProcess]
 
 @pytest.fixture(scope="module")
 def base_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("base") / "set"
-    generate(out, students=200, seed=7)
-    return out
+    return generated(tmp_path_factory, "base", 200, 7)
 
 
 @pytest.fixture

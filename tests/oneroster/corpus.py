@@ -8,7 +8,10 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from ingestd.oneroster.report import Issue, Report
+from ingestd.oneroster.sample import generate
 
 
 def read_lines(path: Path) -> list[str]:
@@ -91,3 +94,11 @@ def issues(report: Report, code: str) -> list[Issue]:
 def count(report: Report, code: str) -> int:
     """How many times `code` occurred (all occurrences, not just examples)."""
     return sum(n for (_, c, _, _), n in report.counts.items() if c == code)
+
+
+def generated(factory: pytest.TempPathFactory, name: str, students: int, seed: int) -> Path:
+    """A district made by `ingestd sample`'s generator, in a temp folder of its own (for
+    module-scoped fixtures)."""
+    out = factory.mktemp(name) / "set"
+    generate(out, students=students, seed=seed)
+    return out

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from ingestd.oneroster.reader import ReadLimits
-from ingestd.oneroster.sample import generate
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from tests.oneroster.corpus import (
     cell,
@@ -23,6 +22,7 @@ from tests.oneroster.corpus import (
     drop_column,
     fields,
     find_line,
+    generated,
     issues,
     join,
     read_lines,
@@ -34,9 +34,7 @@ from tests.oneroster.corpus import (
 
 @pytest.fixture(scope="module")
 def base_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("base") / "set"
-    generate(out, students=400, seed=11)
-    return out
+    return generated(tmp_path_factory, "base", 400, 11)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tests.oneroster.corpus import (
     copy_set,
     fields,
     find_line,
+    generated,
     join,
     read_lines,
     set_cell,
@@ -49,9 +50,7 @@ SPRING = "bdd45563-7ac7-4412-b43d-0d14c9d1d5cc"
 
 @pytest.fixture(scope="module")
 def base_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("base") / "set"
-    generate(out, students=300, seed=7)
-    return out
+    return generated(tmp_path_factory, "base", 300, 7)
 
 
 @pytest.fixture

@@ -45,7 +45,6 @@ import pytest
 from ingestd.config import Config, DaemonConfig, TenantConfig
 from ingestd.events.store import EventStore
 from ingestd.oneroster import spec
-from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
 from ingestd.sources.pollers.base import PageArchive
@@ -53,6 +52,7 @@ from ingestd.sources.pollers.clever import CleverPoller
 from ingestd.sources.pollers.clever_map import map_roster
 from ingestd.sources.pollers.http import ApiClient, BearerAuth
 from ingestd.sources.pollers.runner import PullOutcome, pull_set
+from tests.oneroster.corpus import generated
 from tests.sources.pollers.fake_clever import (
     TOKEN,
     FakeClever,
@@ -81,9 +81,7 @@ TWO = "demographicRaceTwoOrMoreRaces"
 
 @pytest.fixture(scope="module")
 def district(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("district") / "set"
-    generate(out, students=150, seed=11)
-    return out
+    return generated(tmp_path_factory, "district", 150, 11)
 
 
 @pytest.fixture

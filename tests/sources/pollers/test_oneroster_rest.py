@@ -37,7 +37,6 @@ import pytest
 from ingestd.config import Config, DaemonConfig, TenantConfig
 from ingestd.events.store import EventStore
 from ingestd.oneroster import spec
-from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
 from ingestd.sources.pollers import oneroster_rest, oneroster_rest_map
@@ -50,6 +49,7 @@ from ingestd.sources.pollers.http import (
     OAuth2ClientCredentials,
 )
 from ingestd.sources.pollers.runner import PullOutcome, pull_set
+from tests.oneroster.corpus import generated
 from tests.sources.pollers.fake_oneroster import (
     BASE,
     STAMP,
@@ -77,9 +77,7 @@ PAGE = 100  # page size asked for in these tests: enrollments come in ~20 pages
 
 @pytest.fixture(scope="module")
 def district(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("district") / "set"
-    generate(out, students=200, seed=11)
-    return out
+    return generated(tmp_path_factory, "district", 200, 11)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import httpx
 import polars as pl
 import pytest
 
-from ingestd.oneroster.sample import generate
 from ingestd.sources.pollers.base import PullError, Roster
 from ingestd.sources.pollers.http import ApiResponse
 from ingestd.sources.pollers.oneroster_rest import COLLECTIONS, Collection, _records
 from ingestd.sources.pollers.oneroster_rest_frame import PageDecoder, rows_frame
 from ingestd.sources.pollers.oneroster_rest_map import make_mapper
 from ingestd.sources.pollers.runner import write_roster
+from tests.oneroster.corpus import generated
 from tests.sources.pollers.fake_oneroster import FakeOneRoster, Scenario
 
 BY_ENTITY = {c.entity: c for c in COLLECTIONS}
@@ -57,9 +57,7 @@ def assert_same(got: pl.DataFrame | str, want: pl.DataFrame | str) -> None:
 
 @pytest.fixture(scope="module")
 def district(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("district") / "set"
-    generate(out, students=120, seed=5)
-    return out
+    return generated(tmp_path_factory, "district", 120, 5)
 
 
 @pytest.mark.parametrize("json_booleans", [False, True])

@@ -39,13 +39,13 @@ import pytest
 from ingestd.config import Config, DaemonConfig, TenantConfig
 from ingestd.events.store import EventStore
 from ingestd.oneroster import spec
-from ingestd.oneroster.sample import generate
 from ingestd.pipeline import sets
 from ingestd.pipeline.ingest import Pipeline
 from ingestd.sources.pollers.base import PageArchive
 from ingestd.sources.pollers.http import ApiClient, OAuth2ClientCredentials
 from ingestd.sources.pollers.powerschool import PowerSchoolPoller
 from ingestd.sources.pollers.runner import PullOutcome, pull_set
+from tests.oneroster.corpus import generated
 from tests.sources.pollers.fake_powerschool import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -78,16 +78,12 @@ SORTED_LISTS = ("orgSourcedIds", "agentSourcedIds")
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ps") / "district"
-    generate(out, students=150, seed=61)
-    return out
+    return generated(tmp_path_factory, "ps", 150, 61)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ps") / "small"
-    generate(out, students=45, seed=8)
-    return out
+    return generated(tmp_path_factory, "ps", 45, 8)
 
 
 @pytest.fixture

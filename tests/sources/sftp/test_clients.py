@@ -87,6 +87,22 @@ def assert_big(server: ServerThread, name: str, digest: str) -> None:
     assert reported[0].tenant == "alpha"
 
 
+def assert_client_uploads(
+    server: ServerThread, files: dict[str, bytes], digest: str, more: dict[str, bytes]
+) -> None:
+    """What every client's session leaves: big.bin whole (then removed), the four files
+    replaced by put, rename, posix-rename and WinSCP's .filepart rename, and `more`."""
+    assert_big(server, "big.bin", digest)
+    (server.inbox() / "big.bin").unlink()
+    replaced = {
+        "put.csv": files["v2.csv"],
+        "renamed.csv": files["v3.csv"],
+        "posix.csv": files["v4.csv"],
+        "data.csv": files["v5.csv"],
+    }
+    assert_inbox(server, {**replaced, **more})
+
+
 def test_openssh_sftp_with_key(
     server: ServerThread,
     client_key: tuple[Path, str],
@@ -128,18 +144,7 @@ def test_openssh_sftp_with_key(
     assert "secret" not in listing
     for name in ("put.csv", "renamed.csv", "posix.csv", "data.csv", "preserved.csv", "big.bin"):
         assert name in listing
-    assert_big(server, "big.bin", digest)
-    (server.inbox() / "big.bin").unlink()
-    assert_inbox(
-        server,
-        {
-            "put.csv": files["v2.csv"],
-            "renamed.csv": files["v3.csv"],
-            "posix.csv": files["v4.csv"],
-            "data.csv": files["v5.csv"],
-            "preserved.csv": files["v1.csv"],
-        },
-    )
+    assert_client_uploads(server, files, digest, {"preserved.csv": files["v1.csv"]})
 
 
 def test_paramiko_with_password(
@@ -181,18 +186,7 @@ def test_paramiko_with_password(
         )
         for entry in sftp.listdir_attr("/"):
             assert stat.S_IMODE(entry.st_mode) == 0o640, entry.filename
-    assert_big(server, "big.bin", digest)
-    (server.inbox() / "big.bin").unlink()
-    assert_inbox(
-        server,
-        {
-            "put.csv": files["v2.csv"],
-            "renamed.csv": files["v3.csv"],
-            "posix.csv": files["v4.csv"],
-            "data.csv": files["v5.csv"],
-            "chmod.csv": files["v1.csv"],
-        },
-    )
+    assert_client_uploads(server, files, digest, {"chmod.csv": files["v1.csv"]})
 
 
 def test_asyncssh_with_password(
@@ -239,18 +233,8 @@ def test_asyncssh_with_password(
             assert sorted(names) == sorted([".", "..", *expected, "setuid.csv", "big.bin"])
 
     asyncio.run(session())
-    assert_big(server, "big.bin", digest)
-    (server.inbox() / "big.bin").unlink()
-    assert_inbox(
-        server,
-        {
-            "put.csv": files["v2.csv"],
-            "renamed.csv": files["v3.csv"],
-            "posix.csv": files["v4.csv"],
-            "data.csv": files["v5.csv"],
-            "preserved.csv": files["v1.csv"],
-            "setuid.csv": files["v2.csv"],
-        },
+    assert_client_uploads(
+        server, files, digest, {"preserved.csv": files["v1.csv"], "setuid.csv": files["v2.csv"]}
     )
 
 
