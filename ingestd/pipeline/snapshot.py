@@ -32,7 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -275,9 +275,7 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
         trusted = printed.get(entity) if H1 in frame.columns else None
         if trusted is not None:
             snapshot.fingerprints[entity] = Fingerprints(trusted, frame.select(H1, H2))
-        snapshot.origins[entity] = Origin(
-            origin.base, origin.base_rows, origin.columns, trusted, origin.base_row
-        )
+        snapshot.origins[entity] = replace(origin, printed=trusted)
         snapshot.tables[entity] = frame.drop(H1, H2, strict=False)
     return snapshot
 
