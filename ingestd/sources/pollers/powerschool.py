@@ -24,26 +24,8 @@ Endpoints (all GET unless said)
     POST /ws/schema/query/GUARDIAN_QUERY     guardians (a PowerQuery the plugin defines)
     each list also as `.../count` -> `{"resource": {"count": N}}` (PowerQuery: `{"count": N}`)
 
-Paging
-    `page` (1-based) and `pagesize` = the tenant's `page_size` capped by the metadata's
-    `<resource>_max_page_size` (100 when metadata says nothing). The `/count` says how many
-    records to expect. Pages are read until an EMPTY page, or a short one once the count is
-    reached (a short page before it does not end the list: the server may serve fewer than
-    asked). JSON mirrors PowerSchool's XML: `{"students": {"@expansions": "...", "student":
-    [...]}}`, with ONE record `student` is an object, not a list, and an empty page may omit
-    `student` (or `students`, or send ""); all three are read as such. A 200 whose body has
-    none of the expected keys but other ones (an error message) fails the pull.
-
-Completeness
-    Pages are offsets into a list that can change while it is read: a record inserted before
-    the current page shifts one onto two pages (de-duplicated by `id`), a record removed
-    shifts one past us unseen, which would read as a delete. So a list read in more than one
-    page is counted again at the end: it is complete when the count did not move and at
-    least that many distinct records were read; otherwise the list is read again (at most
-    MAX_PASSES times, then the pull fails: an incomplete pull is never diffed). A list read
-    in one answer is complete by itself. A list whose /count stays above what its pages
-    hold fails the pull too (`count_mismatch`): it cannot be shown complete. A page that
-    adds no new record fails the pull (a server ignoring `page` would page forever).
+Paging and completeness
+    powerschool_api.py (module docstring): lists read by `page` until proven complete.
 
 Errors
     Any error status after http.py's retries fails the pull (the runner records a rejected
@@ -60,7 +42,6 @@ docstring).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,12 +56,25 @@ from ingestd.sources.pollers.base import (
     register,
     text,
 )
-from ingestd.sources.pollers.http import ApiResponse, HttpError
+from ingestd.sources.pollers.http import HttpError
+from ingestd.sources.pollers.powerschool_api import (
+    COURSES,
+    DEFAULT_PAGE_SIZE,
+    GUARDIANS,
+    SCHOOLS,
+    SECTION_ENROLLMENTS,
+    SECTIONS,
+    STAFF,
+    STUDENTS,
+    TERMS,
+    PowerSchoolLists,
+    Resource,
+    object_body,
+)
 from ingestd.sources.pollers.powerschool_map import (
     School,
     affiliation,
     as_int,
-    as_list,
     class_row,
     course_row,
     demographics_row,
@@ -101,36 +95,9 @@ if TYPE_CHECKING:
     from ingestd.config import TenantConfig
     from ingestd.sources.pollers.http import ApiClient
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PASSES = 3
 GUARDIAN_QUERY = "org.ingestd.oneroster.guardians"
 STUDENT_EXPANSIONS = "demographics,school_enrollment,ethnicity_race,contact_info"
 STAFF_EXPANSIONS = "emails,school_affiliations"
-
-
-@dataclass(frozen=True, slots=True)
-class Resource:
-    """One PowerSchool list: its name in messages, metadata cap key and JSON wrapper keys."""
-
-    name: str
-    cap_key: str
-    outer: str
-    inner: str
-
-
-SCHOOLS = Resource("schools", "school_max_page_size", "schools", "school")
-TERMS = Resource("terms", "term_max_page_size", "terms", "term")
-COURSES = Resource("courses", "course_max_page_size", "courses", "course")
-SECTIONS = Resource("sections", "section_max_page_size", "sections", "section")
-STUDENTS = Resource("students", "student_max_page_size", "students", "student")
-STAFF = Resource("staff", "staff_max_page_size", "staffs", "staff")
-SECTION_ENROLLMENTS = Resource(
-    "section_enrollments",
-    "section_enrollment_max_page_size",
-    "section_enrollments",
-    "section_enrollment",
-)
-GUARDIANS = Resource("guardians", "schema_table_query_max_page_size", "record", "")
 
 
 @dataclass(slots=True)
@@ -163,9 +130,7 @@ class PowerSchoolPoller:
 
     def __init__(self, tenant: TenantConfig, client: ApiClient, pages: PageArchive) -> None:
         self.tenant = tenant
-        self.client = client
-        self.pages = pages
-        self.caps: dict[str, int] = {}
+        self.lists = PowerSchoolLists(tenant, client, pages)
         self.warnings: list[str] = []
         self._contacts: dict[str, _Person] = {}
 
@@ -178,7 +143,7 @@ class PowerSchoolPoller:
         district = await self._district()
         roster.add("orgs", district)
         schools: list[School] = []
-        for record in await self._list(SCHOOLS, "/ws/v1/district/school"):
+        for record in await self.lists.read(SCHOOLS, "/ws/v1/district/school"):
             school = School(record_id(record, "school"), text(record.get("school_number")))
             schools.append(school)
             roster.add("orgs", org_row(record, school.sid))
@@ -189,16 +154,16 @@ class PowerSchoolPoller:
         seen_demographics = False
         for school in schools:
             base = f"/ws/v1/school/{school.sid}"
-            for record in await self._list(TERMS, base + "/term"):
+            for record in await self.lists.read(TERMS, base + "/term"):
                 school.terms[record_id(record, "term")] = record
-            for record in await self._list(COURSES, base + "/course"):
+            for record in await self.lists.read(COURSES, base + "/course"):
                 cid = record_id(record, "course")
                 school.courses[cid] = record
                 if record.get("course_number") not in (None, ""):
                     school.course_numbers[text(record["course_number"])] = cid
-            school.sections = await self._list(SECTIONS, base + "/section")
+            school.sections = await self.lists.read(SECTIONS, base + "/section")
             params = {"expansions": STUDENT_EXPANSIONS}
-            for record in await self._list(STUDENTS, base + "/student", params):
+            for record in await self.lists.read(STUDENTS, base + "/student", params):
                 sid = f"student-{record_id(record, 'student')}"
                 person = students.get(sid)
                 if person is None:
@@ -208,7 +173,7 @@ class PowerSchoolPoller:
                     seen_demographics = True
                     demographics.setdefault(sid, demographics_row(record, sid))
             params = {"expansions": STAFF_EXPANSIONS}
-            for record in await self._list(STAFF, base + "/staff", params):
+            for record in await self.lists.read(STAFF, base + "/staff", params):
                 sid = f"staff-{text(record.get('users_dcid')) or record_id(record, 'staff')}"
                 school.staff[record_id(record, "staff")] = sid
                 role, active = affiliation(record, school)
@@ -250,7 +215,7 @@ class PowerSchoolPoller:
 
     async def _metadata(self) -> None:
         try:
-            response = await self._get("metadata", "/ws/v1/metadata")
+            response = await self.lists.get("metadata", "/ws/v1/metadata")
         except HttpError as exc:
             if exc.status not in (403, 404):
                 raise
@@ -259,24 +224,24 @@ class PowerSchoolPoller:
                 f"({DEFAULT_PAGE_SIZE})"
             )
             return
-        body = _object(response, "/ws/v1/metadata")
+        body = object_body(response, "/ws/v1/metadata")
         meta = body.get("metadata", body)
         if isinstance(meta, dict):
             for key, value in meta.items():
                 size = as_int(value)
                 if key.endswith("_max_page_size") and size is not None and size > 0:
-                    self.caps[key] = size
+                    self.lists.caps[key] = size
 
     async def _district(self) -> Row:
         name = self.tenant.name or self.tenant.id
         identifier = ""
         try:
-            response = await self._get("district", "/ws/v1/district")
+            response = await self.lists.get("district", "/ws/v1/district")
         except HttpError as exc:
             if exc.status not in (403, 404, 405):
                 raise
         else:
-            body = _object(response, "/ws/v1/district")
+            body = object_body(response, "/ws/v1/district")
             record = body.get("district", body)
             if isinstance(record, dict):
                 name = text(record.get("name")) or name
@@ -287,7 +252,7 @@ class PowerSchoolPoller:
         """Every section's enrollment records, in the order of the sections (fetched
         concurrently, within the client's `max_concurrent`)."""
         jobs = [
-            self._list(
+            self.lists.read(
                 SECTION_ENROLLMENTS, f"/ws/v1/section/{record_id(s, 'section')}/section_enrollment"
             )
             for school in schools
@@ -349,7 +314,7 @@ class PowerSchoolPoller:
         self._contacts = {}
         path = f"/ws/schema/query/{GUARDIAN_QUERY}"
         try:
-            records = await self._list(GUARDIANS, path, query=True)
+            records = await self.lists.read(GUARDIANS, path, query=True)
         except HttpError as exc:
             if exc.status not in (403, 404):
                 raise
@@ -378,114 +343,6 @@ class PowerSchoolPoller:
                 f"{orphans} guardian records name students the API did not list: left out"
             )
 
-    # --- paging ------------------------------------------------------------------------------
-
-    def page_size(self, resource: Resource) -> int:
-        """Records asked per page: the tenant's page_size, capped by the metadata's."""
-        cap = self.caps.get(resource.cap_key, DEFAULT_PAGE_SIZE)
-        return max(1, min(self.tenant.page_size or cap, cap))
-
-    async def _list(
-        self,
-        resource: Resource,
-        path: str,
-        params: dict[str, Any] | None = None,
-        *,
-        query: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Every record of one list, complete (see Completeness) or PullError."""
-        size = self.page_size(resource)
-        before = after = 0
-        read = 0
-        for _ in range(MAX_PASSES):
-            before = await self._count(resource, path, query)
-            records: dict[str, dict[str, Any]] = {}
-            page = 0
-            while True:
-                page += 1
-                if page > 2 * max(1, math.ceil(before / size)) + 10:
-                    raise PullError(
-                        f"{path}: page {page} and still no end ({before} records counted)",
-                        "paging_loop",
-                    )
-                items = await self._page(resource, path, params, page, size, query)
-                if not items:
-                    break
-                new = 0
-                for item in items:
-                    key = _record_key(item, resource, query)
-                    if key not in records:
-                        records[key] = item
-                        new += 1
-                if new == 0:
-                    raise PullError(
-                        f"{path}: page {page} repeats records already read (does the server "
-                        "ignore `page`?)",
-                        "paging_loop",
-                    )
-                if len(items) < size and len(records) >= before:
-                    break
-            read = len(records)
-            if page == 1 and read >= before:
-                return list(records.values())  # one answer: nothing could shift
-            after = await self._count(resource, path, query)
-            if after == before and read >= after:
-                return list(records.values())
-            self.client.log.warning(
-                "poll.list_changed", path=path, counted=before, recounted=after, read=read
-            )
-        if after == before:
-            raise PullError(
-                f"{path}: read {read} records where its /count says {after}, "
-                f"{MAX_PASSES} times; the pull cannot prove it is complete",
-                "count_mismatch",
-            )
-        raise PullError(
-            f"{path}: the list kept changing while it was read ({MAX_PASSES} passes; last "
-            f"counted {before}, then {after}, read {read}); the next pull tries again",
-            "unstable_list",
-        )
-
-    async def _page(
-        self,
-        resource: Resource,
-        path: str,
-        params: dict[str, Any] | None,
-        page: int,
-        size: int,
-        query: bool,
-    ) -> list[dict[str, Any]]:
-        args = {**(params or {}), "page": page, "pagesize": size}
-        if query:
-            response = await self.client.request("POST", path, params=args, json_body={})
-        else:
-            response = await self.client.get(path, args)
-        self.pages.record(
-            resource.name, response.url, response.status, response.content, response.gzipped
-        )
-        return _items(_object(response, path), resource, path)
-
-    async def _count(self, resource: Resource, path: str, query: bool) -> int:
-        if query:
-            response = await self.client.request("POST", path + "/count", json_body={})
-        else:
-            response = await self.client.get(path + "/count")
-        self.pages.record(resource.name + "_count", response.url, response.status,
-                          response.content, response.gzipped)  # fmt: skip
-        body = _object(response, path + "/count")
-        holder = body.get("resource", body)
-        count = as_int(holder.get("count")) if isinstance(holder, dict) else None
-        if count is None or count < 0:
-            raise PullError(f"{path}/count: the answer holds no count", "bad_response")
-        return count
-
-    async def _get(self, collection: str, path: str, **params: Any) -> ApiResponse:
-        response = await self.client.get(path, params or None)
-        self.pages.record(
-            collection, response.url, response.status, response.content, response.gzipped
-        )
-        return response
-
     # --- ingestd check -----------------------------------------------------------------------
 
     async def check(self) -> list[CheckLine]:
@@ -512,7 +369,7 @@ class PowerSchoolPoller:
         async def metadata() -> str:
             await self._metadata()
             caps = ", ".join(f"{k.removesuffix('_max_page_size')} {v}"
-                             for k, v in sorted(self.caps.items()))  # fmt: skip
+                             for k, v in sorted(self.lists.caps.items()))  # fmt: skip
             return f"page-size caps: {caps or 'none given'}"
 
         async def district() -> str:
@@ -524,8 +381,8 @@ class PowerSchoolPoller:
         def one(resource: Resource, path: str, params: dict[str, Any] | None = None,
                 query: bool = False) -> Callable[[], Awaitable[str]]:  # fmt: skip
             async def job() -> str:
-                count = await self._count(resource, path, query)
-                items = await self._page(resource, path, params, 1, 1, query)
+                count = await self.lists.count(resource, path, query)
+                items = await self.lists.page(resource, path, params, 1, 1, query)
                 if items:
                     first[resource.name] = items[0]
                 extra = ""
@@ -555,49 +412,6 @@ class PowerSchoolPoller:
 
 
 # --- JSON shapes ------------------------------------------------------------------------------
-
-
-def _object(response: ApiResponse, path: str) -> dict[str, Any]:
-    body = response.json()
-    if not isinstance(body, dict):
-        raise PullError(f"{path}: the answer is not a JSON object", "bad_response")
-    return body
-
-
-def _items(body: dict[str, Any], resource: Resource, path: str) -> list[dict[str, Any]]:
-    """The records of one page: a list, one object (PowerSchool's single-record page), or
-    none (the key omitted or empty)."""
-    if resource.inner == "":  # PowerQuery: {"record": [...]}
-        holder: Any = body
-        key = resource.outer
-    else:
-        holder = body.get(resource.outer)
-        key = resource.inner
-        if holder is None:
-            if any(not k.startswith("@") for k in body):
-                raise PullError(
-                    f"{path}: the answer has no {resource.outer!r} (keys: "
-                    f"{', '.join(sorted(body)[:5])})",
-                    "bad_response",
-                )
-            return []
-    if holder in ("", None):
-        return []
-    if not isinstance(holder, dict):
-        raise PullError(f"{path}: {resource.outer!r} is not an object", "bad_response")
-    items = holder.get(key)
-    if items in (None, ""):
-        return []
-    items = as_list(items)
-    if not all(isinstance(i, dict) for i in items):
-        raise PullError(f"{path}: {key!r} holds something other than records", "bad_response")
-    return items
-
-
-def _record_key(item: dict[str, Any], resource: Resource, query: bool) -> str:
-    if query:
-        return f"{text(item.get('contact_id'))}/{text(item.get('student_dcid'))}"
-    return record_id(item, resource.inner)
 
 
 def _truthy(value: Any) -> bool:
