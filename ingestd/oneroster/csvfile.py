@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from ingestd.oneroster.lineprints import L1, L2, line_seeds, no_prints, prints_of
 from ingestd.oneroster.report import Issue, Report, Scope, Severity
 
 LINE = "__line"  # the physical line number of each row (header = line 1)
@@ -41,8 +42,50 @@ def read_table(
 ) -> RawTable | None:
     """Parse one entity file; None (with the reasons in `report`) when the file is unusable.
 
-    `one_pass=False` forces the line-by-line path (tests compare both paths).
+    Each row carries its line prints (`lineprints.py`; null where the row is not its
+    line as written, e.g. trailing empty fields cut). `one_pass=False` forces the
+    line-by-line path (tests compare both paths).
     """
+    head = read_header(data, name, report)
+    if head is None:
+        return None
+    data, header, header_bytes = head
+    seeds = line_seeds(header_bytes)
+    fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
+    if fast is not None:
+        lines = split_lines(data, name, Report(source=name))  # a sound file is UTF-8
+        if lines is not None and lines.len() == fast.height + 1:
+            prints = pl.DataFrame({"l": lines.slice(1)}).select(prints_of(pl.col("l"), seeds))
+            fast = pl.concat([fast, prints], how="horizontal")
+        else:  # cannot happen for a sound file; never trust it
+            fast = fast.with_columns(no_prints())
+        return RawTable(entity, name, header, fast, fast.height, 0)
+    lines = split_lines(data, name, report)
+    if lines is None:
+        return None
+    body = pl.DataFrame(
+        {"l": lines.slice(1), LINE: pl.int_range(2, len(lines) + 1, eager=True, dtype=pl.UInt32)}
+    ).with_columns(prints_of(pl.col("l"), seeds))
+    last_line = len(lines)
+    del lines
+    checked = check_lines(body, header, name, data.endswith(b"\n"), last_line, report)
+    if checked is None:
+        return None
+    data_lines = body.height - checked.blank_lines
+    del body
+    whole = None if checked.changed else data
+    frame = parse_lines(header, checked.kept, name, report, whole)
+    if frame is None:
+        return None
+    frame.columns = header
+    extra = checked.kept.select(LINE, L1, L2)
+    frame = pl.concat([frame, extra], how="horizontal").select(LINE, *header, L1, L2)
+    return RawTable(entity, name, header, frame, data_lines, checked.dropped)
+
+
+def read_header(data: bytes, name: str, report: Report) -> tuple[bytes, list[str], bytes] | None:
+    """(data without its BOM, the header's names, the header line's bytes), or None with
+    the reasons in `report` when the file has no usable header."""
     data = data.removeprefix(BOM)
     if not data or data.isspace():
         report.reject(
@@ -69,34 +112,21 @@ def read_table(
     header = next(csv.reader([header_text]), [])
     if not _check_header(header, name, report):
         return None
-    fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
-    if fast is not None:
-        return RawTable(entity, name, header, fast, fast.height, 0)
-    lines = _split_lines(data, name, report)
-    if lines is None:
-        return None
-    width = len(header)
-    ends_with_newline = data.endswith(b"\n")
-    body = pl.DataFrame(
-        {"l": lines.slice(1), LINE: pl.int_range(2, len(lines) + 1, eager=True, dtype=pl.UInt32)}
-    )
-    del lines
-    kept, dropped, blank_lines, changed = _check_lines(
-        body, width, header, name, ends_with_newline, report
-    )
-    if kept is None:
-        return None
-    data_lines = body.height - blank_lines
-    del body
-    if changed:
-        payload = (
-            pl.concat([pl.Series([",".join(_quote(h) for h in header)]), kept["l"]])
-            .str.join("\n")
-            .item()
-            .encode()
-        )
+    return data, header, header_bytes
+
+
+def parse_lines(
+    header: list[str], kept: pl.DataFrame, name: str, report: Report, whole: bytes | None = None
+) -> pl.DataFrame | None:
+    """The kept lines (`kept["l"]`, in order) parsed, or None with the reason in `report`;
+    `whole`: the file itself, when it holds exactly the header and those lines."""
+    if whole is None:
+        head = pl.Series([",".join(_quote(h) for h in header)])
+        # Every line ends with CRLF: a line's own last CR (a CRLF file's "x\r\r\n") then
+        # stays a value byte, as it does when polars reads the whole file.
+        payload = (pl.concat([head, kept["l"]]).str.join("\r\n").item() + "\r\n").encode()
     else:
-        payload = data
+        payload = whole
     frame = _parse(payload)
     del payload
     if frame.height != kept.height:  # cannot happen after the line checks; never trust it
@@ -108,9 +138,7 @@ def read_table(
             file=name,
         )
         return None
-    frame.columns = header
-    frame = frame.with_columns(kept[LINE]).select(LINE, *header)
-    return RawTable(entity, name, header, frame, data_lines, dropped)
+    return frame
 
 
 def _parse(data: bytes) -> pl.DataFrame:
@@ -203,7 +231,7 @@ def _report_not_utf8(data: bytes, pos: int, name: str, report: Report) -> None:
     )
 
 
-def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
+def split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     """The file's physical lines (CR of CRLF removed) as a string Series, or None if not UTF-8."""
     expected = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if b"\x1f" not in data:
@@ -266,15 +294,28 @@ def _check_header(header: list[str], name: str, report: Report) -> bool:
     return ok
 
 
-def _check_lines(
+@dataclass(slots=True)
+class CheckedLines:
+    """What the line checks kept of a file's lines, and what they dropped."""
+
+    kept: pl.DataFrame  # `l` (fixed if `changed`), LINE, and any other column of the lines
+    dropped: int  # lines dropped as broken
+    blank_lines: int
+    changed: bool  # some line was dropped or fixed: the kept lines are not the file
+
+
+def check_lines(
     body: pl.DataFrame,
-    width: int,
     header: list[str],
     name: str,
     ends_with_newline: bool,
+    last_line: int,
     report: Report,
-) -> tuple[pl.DataFrame | None, int, int, bool]:
-    """Field counts and quoting per line: (kept lines, dropped, blank lines, changed?)."""
+) -> CheckedLines | None:
+    """Field counts and quoting of each line of `body` (`l`, LINE); None when the file is cut
+    off (its last line, `last_line`, is incomplete). A line whose trailing empty fields
+    are cut loses its line prints (L1, L2), if `body` has them."""
+    width = len(header)
     line = pl.col("l")
     width_expr = line.str.count_matches(",", literal=True) + 1
     has_quotes = body.select(line.str.contains('"', literal=True).any()).item()
@@ -315,8 +356,8 @@ def _check_lines(
     found = [plain, fancy] if fancy is not None else [plain]
     problems = pl.concat(pl.collect_all(found)).with_columns(blank=pl.col("l") == "")
     if problems.is_empty():
-        return body, 0, 0, False
-    last = body.height + 1  # line number of the last line
+        return CheckedLines(body, 0, 0, False)
+    last = last_line
 
     truncated = problems.filter(
         (pl.col(LINE) == last)
@@ -331,7 +372,7 @@ def _check_lines(
             "upload the whole file again; check that the export finished",
             file=name,
         )
-        return None, 0, 0, True
+        return None
 
     blank = problems.filter("blank")
     if not blank.is_empty():
@@ -427,10 +468,15 @@ def _check_lines(
                 .then(pl.col("l").str.slice(0, pl.col("l").str.len_chars() - pl.col("cut")))
                 .otherwise(pl.col("l"))
             )
+            .with_columns(
+                pl.when(pl.col("cut").is_null()).then(pl.col(c)).alias(c)
+                for c in (L1, L2)
+                if c in kept.columns
+            )
             .drop("cut")
         )
     dropped = quotes.height + short.height + long_bad.height
-    return kept, dropped, blank.height, True
+    return CheckedLines(kept, dropped, blank.height, True)
 
 
 def _rows(
