@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from ingestd.oneroster.lineprints import L1, L2, line_seeds, no_prints, prints_of
 from ingestd.oneroster.report import Issue, Report, Scope, Severity
 
 LINE = "__line"  # the physical line number of each row (header = line 1)
@@ -42,50 +41,8 @@ def read_table(
 ) -> RawTable | None:
     """Parse one entity file; None (with the reasons in `report`) when the file is unusable.
 
-    Each row carries its line prints (`lineprints.py`; null where the row is not its
-    line as written, e.g. trailing empty fields cut). `one_pass=False` forces the
-    line-by-line path (tests compare both paths).
+    `one_pass=False` forces the line-by-line path (tests compare both paths).
     """
-    head = read_header(data, name, report)
-    if head is None:
-        return None
-    data, header, header_bytes = head
-    seeds = line_seeds(header_bytes)
-    fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
-    if fast is not None:
-        lines = split_lines(data, name, Report(source=name))  # a sound file is UTF-8
-        if lines is not None and lines.len() == fast.height + 1:
-            prints = pl.DataFrame({"l": lines.slice(1)}).select(prints_of(pl.col("l"), seeds))
-            fast = pl.concat([fast, prints], how="horizontal")
-        else:  # cannot happen for a sound file; never trust it
-            fast = fast.with_columns(no_prints())
-        return RawTable(entity, name, header, fast, fast.height, 0)
-    lines = split_lines(data, name, report)
-    if lines is None:
-        return None
-    body = pl.DataFrame(
-        {"l": lines.slice(1), LINE: pl.int_range(2, len(lines) + 1, eager=True, dtype=pl.UInt32)}
-    ).with_columns(prints_of(pl.col("l"), seeds))
-    last_line = len(lines)
-    del lines
-    checked = check_lines(body, header, name, data.endswith(b"\n"), last_line, report)
-    if checked is None:
-        return None
-    data_lines = body.height - checked.blank_lines
-    del body
-    whole = None if checked.changed else data
-    frame = parse_lines(header, checked.kept, name, report, whole)
-    if frame is None:
-        return None
-    frame.columns = header
-    extra = checked.kept.select(LINE, L1, L2)
-    frame = pl.concat([frame, extra], how="horizontal").select(LINE, *header, L1, L2)
-    return RawTable(entity, name, header, frame, data_lines, checked.dropped)
-
-
-def read_header(data: bytes, name: str, report: Report) -> tuple[bytes, list[str], bytes] | None:
-    """(data without its BOM, the header's names, the header line's bytes), or None with
-    the reasons in `report` when the file has no usable header."""
     data = data.removeprefix(BOM)
     if not data or data.isspace():
         report.reject(
@@ -112,21 +69,35 @@ def read_header(data: bytes, name: str, report: Report) -> tuple[bytes, list[str
     header = next(csv.reader([header_text]), [])
     if not _check_header(header, name, report):
         return None
-    return data, header, header_bytes
-
-
-def parse_lines(
-    header: list[str], kept: pl.DataFrame, name: str, report: Report, whole: bytes | None = None
-) -> pl.DataFrame | None:
-    """The kept lines (`kept["l"]`, in order) parsed, or None with the reason in `report`;
-    `whole`: the file itself, when it holds exactly the header and those lines."""
-    if whole is None:
-        head = pl.Series([",".join(_quote(h) for h in header)])
-        # Every line ends with CRLF: a line's own last CR (a CRLF file's "x\r\r\n") then
-        # stays a value byte, as it does when polars reads the whole file.
-        payload = (pl.concat([head, kept["l"]]).str.join("\r\n").item() + "\r\n").encode()
+    fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
+    if fast is not None:
+        return RawTable(entity, name, header, fast, fast.height, 0)
+    del fast
+    lines = _split_lines(data, name, report)
+    if lines is None:
+        return None
+    width = len(header)
+    ends_with_newline = data.endswith(b"\n")
+    body = pl.DataFrame(
+        {"l": lines.slice(1), LINE: pl.int_range(2, len(lines) + 1, eager=True, dtype=pl.UInt32)}
+    )
+    del lines
+    kept, dropped, blank_lines, changed = _check_lines(
+        body, width, header, name, ends_with_newline, report
+    )
+    if kept is None:
+        return None
+    data_lines = body.height - blank_lines
+    del body
+    if changed:
+        payload = (
+            pl.concat([pl.Series([",".join(_quote(h) for h in header)]), kept["l"]])
+            .str.join("\n")
+            .item()
+            .encode()
+        )
     else:
-        payload = whole
+        payload = data
     frame = _parse(payload)
     del payload
     if frame.height != kept.height:  # cannot happen after the line checks; never trust it
@@ -138,7 +109,9 @@ def parse_lines(
             file=name,
         )
         return None
-    return frame
+    frame.columns = header
+    frame = frame.with_columns(kept[LINE]).select(LINE, *header)
+    return RawTable(entity, name, header, frame, data_lines, dropped)
 
 
 def _parse(data: bytes) -> pl.DataFrame:
@@ -195,8 +168,34 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
     )
     if expected != len(data):
         return None
+    # The byte count cannot tell `""a""` or `"a"b` (polars reads `a`, `ab`) from a
+    # well-quoted field: lines with quotes must have the shape of quoted fields too.
+    if quotes and not _quotes_well_formed(data, rows + 1):
+        return None
     frame.columns = header
     return frame.select(pl.int_range(2, rows + 2, dtype=pl.UInt32).alias(LINE), *header)
+
+
+def _quotes_well_formed(data: bytes, lines: int) -> bool:
+    """True when every line of `data` (`lines` of them) that holds a quote is a row of
+    well-formed fields."""
+    try:
+        split = pl.read_csv(
+            data,
+            has_header=False,
+            separator="\x1f",
+            quote_char=None,
+            infer_schema=False,
+            raise_if_empty=False,
+            new_columns=["l"],
+        )
+    except pl.exceptions.PolarsError:
+        return False
+    if split.width != 1 or split.height != lines:
+        return False
+    line = pl.col("l").str.strip_suffix("\r")
+    quoted = split.filter(pl.col("l").str.contains('"', literal=True))
+    return bool(quoted.select(line.str.contains(_WELL_FORMED).all()).item())
 
 
 def decode(data: bytes, name: str, report: Report) -> str | None:
@@ -231,7 +230,7 @@ def _report_not_utf8(data: bytes, pos: int, name: str, report: Report) -> None:
     )
 
 
-def split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
+def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     """The file's physical lines (CR of CRLF removed) as a string Series, or None if not UTF-8."""
     expected = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if b"\x1f" not in data:
@@ -294,28 +293,15 @@ def _check_header(header: list[str], name: str, report: Report) -> bool:
     return ok
 
 
-@dataclass(slots=True)
-class CheckedLines:
-    """What the line checks kept of a file's lines, and what they dropped."""
-
-    kept: pl.DataFrame  # `l` (fixed if `changed`), LINE, and any other column of the lines
-    dropped: int  # lines dropped as broken
-    blank_lines: int
-    changed: bool  # some line was dropped or fixed: the kept lines are not the file
-
-
-def check_lines(
+def _check_lines(
     body: pl.DataFrame,
+    width: int,
     header: list[str],
     name: str,
     ends_with_newline: bool,
-    last_line: int,
     report: Report,
-) -> CheckedLines | None:
-    """Field counts and quoting of each line of `body` (`l`, LINE); None when the file is cut
-    off (its last line, `last_line`, is incomplete). A line whose trailing empty fields
-    are cut loses its line prints (L1, L2), if `body` has them."""
-    width = len(header)
+) -> tuple[pl.DataFrame | None, int, int, bool]:
+    """Field counts and quoting per line: (kept lines, dropped, blank lines, changed?)."""
     line = pl.col("l")
     width_expr = line.str.count_matches(",", literal=True) + 1
     has_quotes = body.select(line.str.contains('"', literal=True).any()).item()
@@ -356,8 +342,8 @@ def check_lines(
     found = [plain, fancy] if fancy is not None else [plain]
     problems = pl.concat(pl.collect_all(found)).with_columns(blank=pl.col("l") == "")
     if problems.is_empty():
-        return CheckedLines(body, 0, 0, False)
-    last = last_line
+        return body, 0, 0, False
+    last = body.height + 1  # line number of the last line
 
     truncated = problems.filter(
         (pl.col(LINE) == last)
@@ -372,7 +358,7 @@ def check_lines(
             "upload the whole file again; check that the export finished",
             file=name,
         )
-        return None
+        return None, 0, 0, True
 
     blank = problems.filter("blank")
     if not blank.is_empty():
@@ -468,15 +454,10 @@ def check_lines(
                 .then(pl.col("l").str.slice(0, pl.col("l").str.len_chars() - pl.col("cut")))
                 .otherwise(pl.col("l"))
             )
-            .with_columns(
-                pl.when(pl.col("cut").is_null()).then(pl.col(c)).alias(c)
-                for c in (L1, L2)
-                if c in kept.columns
-            )
             .drop("cut")
         )
     dropped = quotes.height + short.height + long_bad.height
-    return CheckedLines(kept, dropped, blank.height, True)
+    return kept, dropped, blank.height, True
 
 
 def _rows(

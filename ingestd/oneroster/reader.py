@@ -14,12 +14,9 @@ from pathlib import Path
 from ingestd.oneroster import spec
 from ingestd.oneroster.archive import NotAZip, ReadLimits, classify, dir_entries, zip_entries
 from ingestd.oneroster.csvfile import BOM, LINE, RawTable, decode, read_table
-from ingestd.oneroster.incremental import NotIncremental, PriorRows, read_incremental
 from ingestd.oneroster.report import FileSummary, Report
 
-__all__ = ["LINE", "Priors", "RawSet", "RawTable", "ReadLimits", "read_set"]
-
-Priors = Callable[[str], PriorRows | None]  # entity -> the tenant's last accepted rows, if any
+__all__ = ["LINE", "RawSet", "RawTable", "ReadLimits", "read_set"]
 
 
 @dataclass(slots=True)
@@ -39,10 +36,8 @@ def read_set(
     report: Report,
     limits: ReadLimits | None = None,
     progress: Callable[[str], None] | None = None,
-    priors: Priors | None = None,
 ) -> RawSet:
-    """Read the set at `path` (directory or zip); problems go to `report`. With `priors`,
-    a file's lines that are rows of the prior state are taken from it (`incremental.py`)."""
+    """Read the set at `path` (directory or zip); problems go to `report`."""
     limits = limits or ReadLimits()
     raw = RawSet(source=str(path))
     if path.is_dir():
@@ -105,7 +100,7 @@ def read_set(
             raw.manifest = _read_manifest(data, entry.name, report)
             raw.manifest_name = entry.name
             continue
-        table = _read_table(data, entity, entry.name, report, priors)
+        table = read_table(data, entity, entry.name, report)
         if table is None:
             raw.unreadable.add(entity)
         else:
@@ -117,18 +112,6 @@ def read_set(
                 dropped_rows=table.dropped_lines,
             )
     return raw
-
-
-def _read_table(
-    data: bytes, entity: str, name: str, report: Report, priors: Priors | None
-) -> RawTable | None:
-    prior = priors(entity) if priors is not None else None
-    if prior is not None:
-        try:
-            return read_incremental(data, entity, name, report, prior)
-        except NotIncremental:
-            pass
-    return read_table(data, entity, name, report)
 
 
 def manifest_modes(data: bytes) -> dict[str, str] | None:

@@ -12,7 +12,6 @@ import polars as pl
 
 from ingestd.oneroster import spec
 from ingestd.oneroster.csvfile import LINE
-from ingestd.oneroster.lineprints import HELPER_COLUMNS
 from ingestd.oneroster.report import Report, Severity
 from ingestd.oneroster.spec import Column, Kind
 
@@ -230,7 +229,7 @@ def duplicates(
         return frame, 0
     dups = frame.filter(dup_mask)
     if entity == "users":
-        others = [c for c in frame.columns if c not in (LINE, "orgSourcedIds", *HELPER_COLUMNS)]
+        others = [c for c in frame.columns if c not in (LINE, "orgSourcedIds")]
         variants = dups.select(others).unique().group_by("sourcedId").len()
         mergeable = variants.filter(pl.col("len") == 1)["sourcedId"]
         merge = dups.filter(pl.col("sourcedId").is_in(mergeable.implode()))
@@ -247,12 +246,6 @@ def duplicates(
                 firsts.drop("orgSourcedIds")
                 .join(orgs, on="sourcedId")
                 .rename({"org": "orgSourcedIds"})
-                # a merged row is none of its lines, and none of the prior rows
-                .with_columns(
-                    pl.lit(None, frame.schema[c]).alias(c)
-                    for c in HELPER_COLUMNS
-                    if c in frame.columns
-                )
             )
             extra = merge.join(firsts.select(LINE), on=LINE, how="anti")
             report.add_rows(

@@ -17,8 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from ingestd.oneroster import spec
-from ingestd.oneroster.lineprints import HELPER_COLUMNS, L1, L2, ORIGIN, no_prints
-from ingestd.oneroster.reader import LINE, Priors, RawSet, RawTable, ReadLimits, read_set
+from ingestd.oneroster.reader import LINE, RawSet, RawTable, ReadLimits, read_set
 from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
 from ingestd.oneroster.rules import Check, duplicates, value_checks
@@ -47,11 +46,6 @@ class ValidatedSet:
     dropped_ids: dict[str, list[str]] = field(default_factory=dict)
     dropped_rows: dict[str, pl.DataFrame] = field(default_factory=dict)  # as read, if parsed
     other_files: list[str] = field(default_factory=list)
-    line_prints: dict[str, pl.DataFrame] = field(default_factory=dict)
-    """entity -> L1, L2 row for row with its table (null: no print); bulk files only."""
-    origins: dict[str, pl.Series] = field(default_factory=dict)
-    """entity -> per row of its table, the prior row it was taken from unchanged (UInt32,
-    null: read now); only for bulk files read against prior rows."""
 
     @property
     def accepted(self) -> bool:
@@ -63,13 +57,11 @@ def validate_set(
     path: Path,
     policy: ValidationPolicy | None = None,
     progress: Callable[[str], None] | None = None,
-    priors: Priors | None = None,
 ) -> ValidatedSet:
-    """Read and validate the set at `path` (directory or zip). With `priors` (the tenant's
-    last accepted rows), unchanged lines are taken from them, not read and checked again."""
+    """Read and validate the set at `path` (directory or zip)."""
     policy = policy or ValidationPolicy()
     report = Report(source=str(path), max_examples=policy.max_examples)
-    raw = read_set(path, report, policy.limits, progress, priors)
+    raw = read_set(path, report, policy.limits, progress)
     return validate_raw(raw, report, policy, progress)
 
 
@@ -122,16 +114,11 @@ def validate_raw(
             )
         out.dropped_ids[entity] = []
         if total_dropped:
-            dropped = table.frame.join(frame.select(LINE), on=LINE, how="anti")
-            dropped = dropped.drop(LINE, *HELPER_COLUMNS, strict=False)
+            dropped = table.frame.join(frame.select(LINE), on=LINE, how="anti").drop(LINE)
             out.dropped_rows[entity] = dropped
             out.dropped_ids[entity] = _dropped_ids(dropped, frame)
         out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
         out.modes[entity] = modes[entity]
-        if modes[entity] == "bulk":  # prints are made for bulk files (their seeds say so)
-            out.line_prints[entity] = frame.select(L1, L2)
-            if ORIGIN in frame.columns:
-                out.origins[entity] = frame[ORIGIN]
     return out
 
 
@@ -302,16 +289,7 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
                 "no_rows", msg, "leave the file out and mark it absent in manifest.csv", name
             )
     frame = table.frame.with_columns(pl.lit(None, pl.String).alias(c.name) for c in missing)
-    if L1 not in frame.columns:
-        frame = frame.with_columns(no_prints())
-    # Rows taken unchanged from the prior state passed these checks as they are (in bulk).
-    fresh = None
-    if ORIGIN in frame.columns:
-        if mode == "bulk":
-            fresh = frame[ORIGIN].is_null().arg_true()
-        else:
-            frame = frame.with_columns(pl.lit(None, pl.UInt32).alias(ORIGIN))
-    frame, dropped = _apply_checks(frame, value_checks(entity, mode, frame), name, report, fresh)
+    frame, dropped = _apply_checks(frame, value_checks(entity, mode, frame), name, report)
     frame, dup_dropped = duplicates(frame, entity.name, name, report)
     if mode == "bulk":
         for col in ("status", "dateLastModified"):
@@ -340,32 +318,22 @@ def _dropped_ids(dropped: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
 
 
 def _apply_checks(
-    frame: pl.DataFrame,
-    checks: list[Check],
-    name: str,
-    report: Report,
-    fresh: pl.Series | None = None,
+    frame: pl.DataFrame, checks: list[Check], name: str, report: Report
 ) -> tuple[pl.DataFrame, int]:
     """Report every broken rule and drop the rows with errors; returns (frame, rows dropped).
-
-    Only the rows at `fresh` (positions) are checked, when given: the others were taken
-    unchanged from the prior state. A row with a warning loses its line prints (its line
-    must be checked again, and warned about again, next time).
 
     Most rules judge each distinct value once (a million enrollments have a
     handful of roles and dates) and then find the rows holding the bad ones.
     """
-    rows = frame if fresh is None else frame[fresh]
     drop: pl.Series | None = None
-    noisy: pl.Series | None = None
     lowercase: list[str] = []
     columns = sorted({c.column for c in checks if c.per_value})
-    columns = [c for c in columns if rows[c].null_count() < rows.height]
+    columns = [c for c in columns if frame[c].null_count() < frame.height]
     # All distinct values in one select: polars spreads the columns over the cores.
     distinct = dict(
         zip(
             columns,
-            pl.collect_all([rows.lazy().select(pl.col(c).unique().drop_nulls()) for c in columns]),
+            pl.collect_all([frame.lazy().select(pl.col(c).unique().drop_nulls()) for c in columns]),
             strict=True,
         )
     )
@@ -377,15 +345,15 @@ def _apply_checks(
             bad_values = distinct[col].filter(chk.mask)[col]
             if bad_values.is_empty():
                 continue
-            mask = rows[col].is_in(bad_values.implode())
+            mask = frame[col].is_in(bad_values.implode())
         else:
-            if chk.code == "missing_value" and rows[col].null_count() == 0:
+            if chk.code == "missing_value" and frame[col].null_count() == 0:
                 continue
-            mask = rows.select(chk.mask.fill_null(False)).to_series()
+            mask = frame.select(chk.mask.fill_null(False)).to_series()
         n = int(mask.sum())
         if n == 0:
             continue
-        hits = rows.filter(mask).head(report.max_examples)
+        hits = frame.filter(mask).head(report.max_examples)
         report.add_rows(
             severity=chk.severity,
             code=chk.code,
@@ -399,29 +367,16 @@ def _apply_checks(
         )
         if chk.severity is Severity.ERROR:
             drop = mask if drop is None else drop | mask
-        else:
-            noisy = mask if noisy is None else noisy | mask
         if chk.code == "boolean_case":
             lowercase.append(col)
-    if lowercase:  # rows taken from the prior state have none to lower (they are quiet)
+    if lowercase:
         frame = frame.with_columns(pl.col(c).str.to_lowercase() for c in lowercase)
-    if noisy is not None:
-        frame = frame.with_columns(
-            pl.when(~_spread(noisy, fresh, frame.height)).then(pl.col(c)).alias(c) for c in (L1, L2)
-        )
     if drop is None:
         return frame, 0
-    return frame.filter(~_spread(drop, fresh, frame.height)), int(drop.sum())
-
-
-def _spread(mask: pl.Series, at: pl.Series | None, height: int) -> pl.Series:
-    """A mask of the rows at positions `at` as a mask of all `height` rows."""
-    if at is None:
-        return mask
-    return pl.repeat(False, height, eager=True).scatter(at, mask)
+    return frame.filter(~drop), int(drop.sum())
 
 
 def _clean(frame: pl.DataFrame, entity: spec.Entity) -> pl.DataFrame:
-    """Spec columns in spec order, then metadata.* columns; no line or helper column."""
+    """Spec columns in spec order, then metadata.* columns; no line column."""
     meta = [c for c in frame.columns if c.startswith(spec.METADATA_PREFIX)]
     return frame.select(*entity.column_names, *meta)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from ingestd.oneroster import spec
-from ingestd.oneroster.lineprints import L1, L2
 
 NATURAL_KEYS = {"enrollments": ("classSourcedId", "userSourcedId", "role")}
 _OLD = "__old"
@@ -72,8 +71,6 @@ class EntityDiff:
     """Per row of `state`, the row of the snapshot it is identical to in every column
     (UInt32, null: new or changed); None when unknown. Lets the next snapshot store only
     the rows that differ (snapshot.py)."""
-    line_prints: pl.DataFrame | None = None
-    """L1, L2 row for row with `state` (null: none), stored with the snapshot; None: none."""
 
     def state_fingerprints(self) -> Fingerprints | None:
         """The fingerprints of `state` (computed now if the diff did not need them)."""
@@ -113,18 +110,11 @@ def diff_entity(
     keep_rows: pl.DataFrame | None = None,
     options: DiffOptions | None = None,
     old_fingerprints: Fingerprints | None = None,
-    same_as_old: pl.Series | None = None,
-    new_lines: pl.DataFrame | None = None,
-    old_lines: pl.DataFrame | None = None,
 ) -> EntityDiff:
     """Compare `new` (None: the entity was absent from the set) with the snapshot `old`.
 
     `old_fingerprints` are the snapshot's stored row fingerprints; they are used when
-    they cover the columns this diff compares, else computed again. `same_as_old`: per
-    row of `new`, the row of `old` it is known to be identical to (UInt32, null: not
-    known; the validator took those rows from the snapshot), so that only the other rows
-    are hashed and matched. `new_lines` / `old_lines`: the rows' line prints, carried
-    into the state's.
+    they cover the columns this diff compares, else computed again.
     """
     options = options or DiffOptions()
     cols = columns_of(entity, old, new)
@@ -141,13 +131,8 @@ def diff_entity(
             prior,
             fingerprints=old_fingerprints,
             from_old=pl.int_range(old.height, dtype=pl.UInt32, eager=True),
-            line_prints=old_lines if old_lines is not None and old_lines.height == prior else None,
         )
     new = _align(new, cols)
-    if new_lines is not None and new_lines.height != new.height:
-        new_lines = None
-    if same_as_old is not None and (mode != "bulk" or same_as_old.len() != new.height):
-        same_as_old = None
     notes: list[str] = []
     key = ["sourcedId"]
     if options.natural_key and entity in NATURAL_KEYS:
@@ -156,13 +141,8 @@ def diff_entity(
             key = natural
         else:
             notes.append("natural key not unique; matched on sourcedId")
-    alive = new.select(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
-    alive_mask = alive.to_series()
-    live = new.filter(alive_mask)
-    if live.height != new.height:
-        same_as_old = same_as_old.filter(alive_mask) if same_as_old is not None else None
-        new_lines = new_lines.filter(alive_mask) if new_lines is not None else None
-    doomed_keys = new.filter(~alive_mask).select(key)
+    live = new.filter(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
+    doomed_keys = new.filter(pl.col("status") == "tobedeleted").select(key)
     compared = _compared(cols, key, options)
     hashed = (*key, *compared)
     if old.is_empty():  # a first set: everything is new, nothing to match
@@ -176,22 +156,14 @@ def diff_entity(
             prior,
             notes=notes,
             fingerprint_columns=hashed,  # computed when the snapshot is written
-            line_prints=new_lines,
         )
+    live_prints = Fingerprints(hashed, fingerprints(live, hashed))
     if old_fingerprints is None or not old_fingerprints.covers(hashed, old.height):
         old_fingerprints = Fingerprints(hashed, fingerprints(old, hashed))
-    if same_as_old is not None:  # most rows known to be unchanged: only the rest is hashed
-        matching = _known(same_as_old, old.height)
-        live_prints = Fingerprints(
-            hashed, _known_prints(live, same_as_old, matching, old_fingerprints, hashed)
-        )
-    else:
-        # Rows whose key and compared values are the same on both sides (equal 128-bit
-        # fingerprints) are unchanged: most of a day's rows, set aside by one sort. Only
-        # the rest (created, updated, deleted) is matched on the key and compared value by
-        # value.
-        live_prints = Fingerprints(hashed, fingerprints(live, hashed))
-        matching = _match(live_prints.hashes, old_fingerprints.hashes)
+    # Rows whose key and compared values are the same on both sides (equal 128-bit
+    # fingerprints) are unchanged: most of a day's rows, set aside by one sort. Only the
+    # rest (created, updated, deleted) is matched on the key and compared value by value.
+    matching = _match(live_prints.hashes, old_fingerprints.hashes)
     new_pos, old_pos = matching.new_lone, matching.old_lone
     fresh = live if new_pos is None else live[new_pos]
     stale = old if old_pos is None else old[old_pos]
@@ -207,19 +179,14 @@ def diff_entity(
     gone_from = (gone_at if old_pos is None else old_pos.gather(gone_at)).cast(pl.UInt32)
     pairs = matched.filter(pl.col("__i").is_not_null() & pl.col("__j").is_not_null()).sort("__i")
     kept = 0
-    state, state_prints, state_lines = live, live_prints, new_lines
-    if same_as_old is not None:
-        from_old = same_as_old  # identical in every column: taken from the snapshot
-    else:
-        from_old = _identical(live, old, matching.old_of_new, cols, hashed)
+    state, state_prints = live, live_prints
+    from_old = _identical(live, old, matching.old_of_new, cols, hashed)
     if mode == "delta":  # only what the file names changes
         deleted = gone.join(doomed_keys, on=key, how="semi", maintain_order="left")
         untouched = gone.join(doomed_keys, on=key, how="anti", maintain_order="left")
         state = pl.concat([live, untouched])
         state_prints = live_prints.extend(untouched)
-        at = _kept_at(gone, gone_from, doomed_keys, key, "anti")
-        state_lines = _lines_followed_by(state_lines, live.height, old_lines, at)
-        from_old = _followed_by(from_old, at)
+        from_old = _followed_by(from_old, gone, gone_from, doomed_keys, key, "anti")
     else:
         deleted = gone
         # Invalid rows (the validator dropped them) keep their last good version: no delete.
@@ -235,9 +202,7 @@ def diff_entity(
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
             state = pl.concat([live, carried])
             state_prints = live_prints.extend(carried)
-            at = _kept_at(gone, gone_from, carried.select(key), key, "semi")
-            state_lines = _lines_followed_by(state_lines, live.height, old_lines, at)
-            from_old = _followed_by(from_old, at)
+            from_old = _followed_by(from_old, gone, gone_from, carried.select(key), key, "semi")
     updated = _updated(fresh[pairs["__i"]], stale[pairs["__j"]], cols, compared)
     return EntityDiff(
         entity,
@@ -250,50 +215,7 @@ def diff_entity(
         notes,
         fingerprints=state_prints,
         from_old=from_old,
-        line_prints=state_lines,
     )
-
-
-def _lines_followed_by(
-    lines: pl.DataFrame | None, rows: int, old_lines: pl.DataFrame | None, at: pl.Series
-) -> pl.DataFrame | None:
-    """The line prints of a state of `rows` live rows (`lines`; None: none) followed by old
-    rows (at positions `at` of the snapshot, whose prints are `old_lines`)."""
-    if lines is None and old_lines is None:
-        return None
-    schema = {L1: pl.UInt64, L2: pl.UInt64}
-    head = lines if lines is not None else pl.DataFrame(schema=schema).clear(rows)
-    tail = old_lines[at] if old_lines is not None else pl.DataFrame(schema=schema).clear(at.len())
-    return pl.concat([head.select(L1, L2), tail.select(L1, L2)])
-
-
-def _known(same_as_old: pl.Series, old_rows: int) -> _Matching:
-    """The matching of rows known to be unchanged (`same_as_old`, per new row): each new
-    row with its old row; the others on both sides are left to match on the key."""
-    taken = pl.repeat(False, old_rows, eager=True).scatter(same_as_old.drop_nulls(), True)
-    return _Matching(
-        same_as_old.is_null().arg_true().cast(pl.UInt32),
-        (~taken).arg_true().cast(pl.UInt32),
-        same_as_old,
-    )
-
-
-def _known_prints(
-    live: pl.DataFrame,
-    same_as_old: pl.Series,
-    matching: _Matching,
-    old: Fingerprints,
-    hashed: tuple[str, ...],
-) -> pl.DataFrame:
-    """The fingerprints of `live`: those of their old rows where known, the rest computed."""
-    h1 = old.hashes[H1].gather(same_as_old)
-    h2 = old.hashes[H2].gather(same_as_old)
-    fresh = matching.new_lone
-    if fresh is not None and fresh.len():
-        computed = fingerprints(live[fresh], hashed)
-        h1 = h1.scatter(fresh, computed[H1])
-        h2 = h2.scatter(fresh, computed[H2])
-    return pl.DataFrame([h1.alias(H1), h2.alias(H2)])
 
 
 def fingerprints(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -378,22 +300,21 @@ def _identical(
     )
 
 
-def _kept_at(
-    gone: pl.DataFrame, gone_from: pl.Series, keys: pl.DataFrame, key: list[str], how: str
-) -> pl.Series:
-    """The snapshot positions (`gone_from`) of the gone rows the state keeps: those
-    `how`-joined with `keys`, in their order."""
-    kept = gone.select(key).with_columns(gone_from.alias("__o"))
-    kept = kept.join(keys, on=key, how=how, maintain_order="left")  # type: ignore[arg-type]
-    return kept["__o"]
-
-
-def _followed_by(from_old: pl.Series | None, at: pl.Series) -> pl.Series | None:
-    """`from_old` of live rows, then the kept old rows at `at`, as the state concatenates
-    them."""
+def _followed_by(
+    from_old: pl.Series | None,
+    gone: pl.DataFrame,
+    gone_from: pl.Series,
+    keys: pl.DataFrame,
+    key: list[str],
+    how: str,
+) -> pl.Series | None:
+    """`from_old` of live rows, then the old positions of the gone rows the state keeps
+    (those `how`-joined with `keys`, in their order), as the state concatenates them."""
     if from_old is None:
         return None
-    return pl.concat([from_old, at])
+    kept = gone.select(key).with_columns(gone_from.alias("__o"))
+    kept = kept.join(keys, on=key, how=how, maintain_order="left")  # type: ignore[arg-type]
+    return pl.concat([from_old, kept["__o"]])
 
 
 def _positions(frame: pl.DataFrame, column: str) -> pl.Series:

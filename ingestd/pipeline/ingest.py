@@ -33,7 +33,6 @@ from ingestd.events.store import (
 )
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
-from ingestd.oneroster.incremental import PriorRows
 from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
@@ -290,23 +289,9 @@ class Pipeline:
                 self._timings["read_snapshot"] = time.perf_counter() - started
 
         reader = _Background(read, "ingestd-snapshot-read")
-
-        def priors(entity: str) -> PriorRows | None:
-            """The snapshot's rows of `entity`, for the reader to take unchanged lines from
-            (waits for the snapshot; a snapshot that cannot be read gives none here, and
-            its error is raised below)."""
-            try:
-                snapshot = reader.wait()
-            except Exception:  # raised again by reader.wait() after validation
-                return None
-            rows, lines = snapshot.tables.get(entity), snapshot.lines.get(entity)
-            if rows is None or lines is None:
-                return None
-            return PriorRows(rows, lines)
-
         try:
             with self._phase("validate"):
-                result = validate_set(sets.raw_input(folder), policy.validation, priors=priors)
+                result = validate_set(sets.raw_input(folder), policy.validation)
                 report_path = self._write_report(folder, result)
         finally:
             reader.join()
@@ -418,15 +403,12 @@ class Pipeline:
                 keep_rows=result.dropped_rows.get(entity),
                 options=policy.diff,
                 old_fingerprints=snapshot.fingerprints.get(entity),
-                same_as_old=result.origins.get(entity),
-                new_lines=result.line_prints.get(entity),
-                old_lines=snapshot.lines.get(entity),
             )
             origin = snapshot.origins.get(entity)
             reuse = None
             if origin is not None and d.from_old is not None:
                 reuse = Reuse(origin, origin.rows_in_base(d.from_old))
-            writer.add(entity, d.state, d.state_fingerprints, reuse, d.line_prints)
+            writer.add(entity, d.state, d.state_fingerprints, reuse)
             return d
 
         by_size = sorted(entities, key=lambda e: _height(result.tables.get(e), old.get(e)))

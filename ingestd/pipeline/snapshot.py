@@ -20,10 +20,7 @@ Each file may also hold the rows' fingerprints (columns `__h1`, `__h2`), so the
 next diff need not hash the old rows again; `fingerprints.json` beside them
 names the columns each file's fingerprints cover and the hash probe of the
 polars that made them. Files without them (older ingestd) are read as they
-are; their fingerprints are computed when needed. And each file may hold the
-rows' line prints (`__l1`, `__l2`, see `oneroster/lineprints.py`): the next
-set's lines that are byte for byte the lines these rows were read from are
-taken from the snapshot instead of being parsed and checked again.
+are; their fingerprints are computed when needed.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -43,7 +40,6 @@ import polars as pl
 
 from ingestd.fsutil import fsync_path
 from ingestd.oneroster import spec
-from ingestd.oneroster.lineprints import L1, L2
 from ingestd.pipeline.diff import H1, H2, Fingerprints, fingerprint_probe
 
 SNAPSHOTS = "snapshots"
@@ -90,7 +86,6 @@ class Snapshot:
     tables: dict[str, pl.DataFrame]
     fingerprints: dict[str, Fingerprints]
     origins: dict[str, Origin]
-    lines: dict[str, pl.DataFrame] = field(default_factory=dict)  # L1, L2 row for row
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -129,9 +124,9 @@ class SnapshotWriter:
         self.temp = self.final.parent / f".tmp-{set_id}"
         self.busy = 0.0  # seconds the thread spent writing
         self._printed: dict[str, list[str]] = {}  # entity -> columns of its fingerprints
-        self._todo: queue.Queue[
-            tuple[str, pl.DataFrame, Prints, Reuse | None, pl.DataFrame | None] | None
-        ] = queue.Queue()
+        self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints, Reuse | None] | None] = (
+            queue.Queue()
+        )
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingestd-snapshot", daemon=True)
@@ -143,13 +138,11 @@ class SnapshotWriter:
         frame: pl.DataFrame,
         fingerprints: Prints = None,
         reuse: Reuse | None = None,
-        lines: pl.DataFrame | None = None,
     ) -> None:
         """Write `frame` as the entity's file; `fingerprints` (or a function giving them,
-        called in the writer's thread) and the rows' line prints (`lines`: L1, L2) are
-        stored with it. With `reuse`, only the rows not in the earlier file are written,
-        if they are few (see the module docstring)."""
-        self._todo.put((entity, frame, fingerprints, reuse, lines))
+        called in the writer's thread) are stored with it. With `reuse`, only the rows not
+        in the earlier file are written, if they are few (see the module docstring)."""
+        self._todo.put((entity, frame, fingerprints, reuse))
 
     def finish(self) -> Path:
         """Wait for every file, then put the snapshot in place (raises what writing raised)."""
@@ -201,12 +194,7 @@ class SnapshotWriter:
                 pass
 
     def _write(
-        self,
-        entity: str,
-        frame: pl.DataFrame,
-        fingerprints: Prints,
-        reuse: Reuse | None,
-        lines: pl.DataFrame | None,
+        self, entity: str, frame: pl.DataFrame, fingerprints: Prints, reuse: Reuse | None
     ) -> None:
         prints = fingerprints() if callable(fingerprints) else fingerprints
         printed: tuple[str, ...] | None = None
@@ -214,8 +202,6 @@ class SnapshotWriter:
             frame = pl.concat([frame, prints.hashes.select(H1, H2)], how="horizontal")
             printed = prints.columns
             self._printed[entity] = list(printed)
-        if lines is not None and lines.height == frame.height:
-            frame = pl.concat([frame, lines.select(L1, L2)], how="horizontal")
         if reuse is not None and self._write_difference(entity, frame, printed, reuse):
             return
         _write_parquet(frame, self.temp / f"{entity}.parquet")
@@ -290,10 +276,7 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
         if trusted is not None:
             snapshot.fingerprints[entity] = Fingerprints(trusted, frame.select(H1, H2))
         snapshot.origins[entity] = replace(origin, printed=trusted)
-        if L1 in frame.columns and L2 in frame.columns:
-            # trusted as they are: their seeds say which rules and polars made them
-            snapshot.lines[entity] = frame.select(L1, L2)
-        snapshot.tables[entity] = frame.drop(H1, H2, L1, L2, strict=False)
+        snapshot.tables[entity] = frame.drop(H1, H2, strict=False)
     return snapshot
 
 

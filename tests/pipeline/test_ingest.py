@@ -944,13 +944,13 @@ def test_snapshots_without_fingerprints_from_an_older_ingestd_diff_the_same(
             first = pipeline.ingest_path(TENANT, day1)
             folder = state / SNAPSHOTS / TENANT / first.set_id
             stored = pl.read_parquet(folder / "users.parquet")
-            assert stored.columns[-4:] == ["__h1", "__h2", "__l1", "__l2"]
+            assert stored.columns[-2:] == ["__h1", "__h2"]
             about = json.loads((folder / snapshot.FINGERPRINTS).read_text(encoding="utf-8"))
             assert set(about["columns"]) == set(spec.ENTITY_NAMES)
             assert about["columns"]["users"][0] == "sourcedId"
             if variant == "without":  # as ingestd wrote them before fingerprints
                 for path in folder.glob("*.parquet"):
-                    pl.read_parquet(path).drop("__h1", "__h2", "__l1", "__l2").write_parquet(path)
+                    pl.read_parquet(path).drop("__h1", "__h2").write_parquet(path)
                 assert load_snapshot(state, TENANT, first.set_id)[1] == {}
             snap = read_snapshot(state, TENANT, first.set_id)
             assert "__h1" not in snap["users"].columns
