@@ -17,12 +17,14 @@ diffed, since a record missing from it is not a delete.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import polars as pl
 
@@ -30,7 +32,7 @@ from ingestd.errors import IngestError
 
 if TYPE_CHECKING:
     from ingestd.config import TenantConfig
-    from ingestd.sources.pollers.http import ApiClient
+    from ingestd.sources.pollers.http import ApiClient, ApiResponse
 
 Row = dict[str, str]
 Table = list[Row] | pl.DataFrame  # a frame: String columns named as the CSV's, "" if empty
@@ -112,6 +114,70 @@ class PageArchive:
         with path.open("wb") as f:
             f.write(gzip.compress(meta, self.COMPRESS_LEVEL))
             f.write(gzipped)
+
+
+_T = TypeVar("_T")
+
+
+class ArchiveWriter:
+    """Gives each page of a pull to its PageArchive in a worker thread, so that the event
+    loop (other tenants' pulls, the SFTP server) never waits for gzip or the disk: one page
+    at a time and in arrival order, with at most `AHEAD` pages waiting (their bodies are
+    held in memory meanwhile). A page that came uncompressed is gzipped in the thread (gzip
+    releases the GIL: it runs beside the loop's JSON work); one that came gzipped is written
+    as it came. `drain` waits for them all."""
+
+    AHEAD = 8
+
+    def __init__(self, pages: PageArchive) -> None:
+        self.pages = pages
+        self.seconds = 0.0  # spent writing pages (queueing included), summed over pages
+        self._room = asyncio.Semaphore(self.AHEAD)
+        self._turn = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def keep(self, collection: str, response: ApiResponse) -> None:
+        """Queue one page (waits only when `AHEAD` pages are already waiting)."""
+        await self._room.acquire()
+        self._tasks.append(asyncio.create_task(self._write(collection, response)))
+
+    async def _write(self, collection: str, response: ApiResponse) -> None:
+        try:
+            async with self._turn:  # FIFO: pages are numbered in arrival order
+                started = time.perf_counter()
+                await asyncio.to_thread(
+                    self.pages.record,
+                    collection,
+                    response.url,
+                    response.status,
+                    response.content,
+                    response.gzipped,
+                )
+                self.seconds += time.perf_counter() - started
+        finally:
+            self._room.release()
+
+    async def around(self, work: Awaitable[_T]) -> _T:
+        """`work`, then every page it queued written (those of a failed pull too)."""
+        try:
+            result = await work
+        except BaseException:
+            await self.drain(check=False)
+            raise
+        await self.drain()
+        return result
+
+    async def drain(self, *, check: bool = True) -> None:
+        """Wait until every queued page is written; with `check`, the first failure (disk
+        full...) fails the pull (PullError)."""
+        tasks, self._tasks = self._tasks, []
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if check and isinstance(result, BaseException):
+                raise PullError(
+                    f"cannot keep the pages of the pull ({result.__class__.__name__})",
+                    "archive_failed",
+                ) from result
 
 
 class Poller(Protocol):

@@ -28,7 +28,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, register
+from ingestd.sources.pollers.base import (
+    ArchiveWriter,
+    CheckLine,
+    PageArchive,
+    PullError,
+    Roster,
+    register,
+)
 from ingestd.sources.pollers.clever_map import map_roster, user_roles
 from ingestd.sources.pollers.http import ApiClient, ApiResponse, HttpError
 
@@ -51,10 +58,17 @@ class CleverPoller:
         self.tenant = tenant
         self.client = client
         self.pages = pages
+        self.archive = ArchiveWriter(pages)  # pages written beside the event loop
         self.limit = tenant.page_size or DEFAULT_LIMIT
 
     async def pull(self) -> Roster:
         """Every collection, then the mapping; PullError if any page could not be read."""
+        raw, warnings = await self.archive.around(self._pull_all())
+        roster = map_roster(raw)
+        roster.warnings[:0] = warnings
+        return roster
+
+    async def _pull_all(self) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
         warnings: list[str] = []
         raw: dict[str, list[dict[str, Any]]] = {}
         for name in ("districts", "schools", "terms", "courses"):
@@ -65,9 +79,7 @@ class CleverPoller:
                 users[user["id"]] = user  # a multi-role user is the same object each time
         raw["users"] = list(users.values())
         raw["sections"] = await self._collect("sections", {}, warnings)
-        roster = map_roster(raw)
-        roster.warnings[:0] = warnings
-        return roster
+        return raw, warnings
 
     async def check(self) -> list[CheckLine]:
         """Read the first record of each collection: readable or not (and why)."""
@@ -113,9 +125,7 @@ class CleverPoller:
         while True:
             seen.add(path)
             response = await self._get(path, label)
-            self.pages.record(
-                label, response.url, response.status, response.content, response.gzipped
-            )
+            await self.archive.keep(label, response)
             data, links = _page(response, label)
             if not data:
                 break

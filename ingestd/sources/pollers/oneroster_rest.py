@@ -83,7 +83,15 @@ import polars as pl
 
 from ingestd.logging import get_logger
 from ingestd.sources.pollers import http
-from ingestd.sources.pollers.base import CheckLine, PageArchive, PullError, Roster, Row, register
+from ingestd.sources.pollers.base import (
+    ArchiveWriter,
+    CheckLine,
+    PageArchive,
+    PullError,
+    Roster,
+    Row,
+    register,
+)
 from ingestd.sources.pollers.http import ApiResponse, HttpError
 from ingestd.sources.pollers.oneroster_rest_frame import (
     FramePage,
@@ -240,55 +248,6 @@ class _Rows:
         return last_copies(frame) if self.repeated else frame
 
 
-class _Archive:
-    """Gives each page to the PageArchive in a worker thread (a page that came uncompressed
-    is gzipped there, and gzip releases the GIL, so it runs beside the event loop's JSON
-    work; a page that came gzipped is written as it came), one page at a time and in arrival
-    order, with at most `AHEAD` pages waiting (their bodies are held in memory meanwhile)."""
-
-    AHEAD = 8
-
-    def __init__(self, pages: PageArchive, stats: PullStats) -> None:
-        self.pages = pages
-        self.stats = stats
-        self.room = asyncio.Semaphore(self.AHEAD)
-        self.turn = asyncio.Lock()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def keep(self, collection: str, response: ApiResponse) -> None:
-        """Queue one page (waits only when `AHEAD` pages are already waiting)."""
-        await self.room.acquire()
-        self.tasks.append(asyncio.create_task(self._write(collection, response)))
-
-    async def _write(self, collection: str, response: ApiResponse) -> None:
-        try:
-            async with self.turn:
-                started = time.perf_counter()
-                await asyncio.to_thread(
-                    self.pages.record,
-                    collection,
-                    response.url,
-                    response.status,
-                    response.content,
-                    response.gzipped,
-                )
-                self.stats.archive_seconds += time.perf_counter() - started
-        finally:
-            self.room.release()
-
-    async def drain(self, *, check: bool = True) -> None:
-        """Wait until every queued page is written; with `check`, the first failure (disk
-        full...) fails the pull."""
-        tasks, self.tasks = self.tasks, []
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if check and isinstance(result, BaseException):
-                raise PullError(
-                    f"cannot keep the pages of the pull ({result.__class__.__name__})",
-                    "archive_failed",
-                ) from result
-
-
 @register("oneroster")
 class OneRosterPoller:
     """Pulls a whole OneRoster 1.1 roster through REST; see the module docstring."""
@@ -325,7 +284,7 @@ class OneRosterPoller:
     async def _attempt(self) -> Roster:
         revision = _Revision()
         results: dict[str, _Pulled] = {}
-        archive = _Archive(self.pages, self.stats)
+        archive = ArchiveWriter(self.pages)
         try:
             async with asyncio.TaskGroup() as group:
                 for collection in COLLECTIONS:
@@ -334,6 +293,7 @@ class OneRosterPoller:
             await archive.drain(check=False)  # the pages of a failed pull are kept too
             raise _most_telling(errors) from None
         await archive.drain()
+        self.stats.archive_seconds += archive.seconds
         roster = Roster()
         for collection in COLLECTIONS:
             pulled = results[collection.entity]
@@ -347,7 +307,7 @@ class OneRosterPoller:
         collection: Collection,
         revision: _Revision,
         results: dict[str, _Pulled],
-        archive: _Archive,
+        archive: ArchiveWriter,
     ) -> None:
         entity = collection.entity
         taken = _Rows(collection, self.stats)

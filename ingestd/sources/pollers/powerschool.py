@@ -138,6 +138,9 @@ class PowerSchoolPoller:
 
     async def pull(self) -> Roster:
         """The whole district, or PullError."""
+        return await self.lists.archive.around(self._pull())
+
+    async def _pull(self) -> Roster:
         roster = Roster(warnings=self.warnings)
         await self._metadata()
         district = await self._district()
@@ -347,6 +350,9 @@ class PowerSchoolPoller:
 
     async def check(self) -> list[CheckLine]:
         """Authenticate, then read one record of each list: shared or not, and how many."""
+        return await self.lists.archive.around(self._check())
+
+    async def _check(self) -> list[CheckLine]:
         lines: list[CheckLine] = []
 
         async def probe(

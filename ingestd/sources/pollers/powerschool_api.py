@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ingestd.sources.pollers.base import PageArchive, PullError, text
+from ingestd.sources.pollers.base import ArchiveWriter, PageArchive, PullError, text
 from ingestd.sources.pollers.http import ApiResponse
 from ingestd.sources.pollers.powerschool_map import as_int, as_list, record_id
 
@@ -75,6 +75,7 @@ class PowerSchoolLists:
         self.tenant = tenant
         self.client = client
         self.pages = pages
+        self.archive = ArchiveWriter(pages)  # every response kept, beside the event loop
         self.caps: dict[str, int] = {}
 
     def page_size(self, resource: Resource) -> int:
@@ -157,7 +158,7 @@ class PowerSchoolLists:
             response = await self.client.request("POST", path, params=args, json_body={})
         else:
             response = await self.client.get(path, args)
-        self._keep(resource.name, response)
+        await self.archive.keep(resource.name, response)
         return _items(object_body(response, path), resource, path)
 
     async def count(self, resource: Resource, path: str, query: bool) -> int:
@@ -165,7 +166,7 @@ class PowerSchoolLists:
             response = await self.client.request("POST", path + "/count", json_body={})
         else:
             response = await self.client.get(path + "/count")
-        self._keep(resource.name + "_count", response)
+        await self.archive.keep(resource.name + "_count", response)
         body = object_body(response, path + "/count")
         holder = body.get("resource", body)
         count = as_int(holder.get("count")) if isinstance(holder, dict) else None
@@ -175,14 +176,8 @@ class PowerSchoolLists:
 
     async def get(self, collection: str, path: str, **params: Any) -> ApiResponse:
         response = await self.client.get(path, params or None)
-        self._keep(collection, response)
+        await self.archive.keep(collection, response)
         return response
-
-    def _keep(self, collection: str, response: ApiResponse) -> None:
-        """The response into the pull's page archive."""
-        self.pages.record(
-            collection, response.url, response.status, response.content, response.gzipped
-        )
 
 
 # --- JSON shapes ------------------------------------------------------------------------------
