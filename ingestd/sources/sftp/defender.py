@@ -1,7 +1,11 @@
 """The defender: IPs that keep failing to log in are banned, for longer on each repeat.
 
-Failures are counted per IP in a window; banned IPs are dropped before the SSH
-handshake (SFTPGo's order: banned -> connection limits -> auth).
+Failures are scored per IP in a window; banned IPs are dropped before the SSH
+handshake (SFTPGo's order: banned -> connection limits -> auth). A failed login
+scores 1. A connection that leaves without trying to log in (a port scan, a load
+balancer's or container's TCP health check, a client that shares no algorithm)
+scores `score_no_auth`, 0 by default as in SFTPGo: otherwise the health checks
+of a load balancer would ban its address, and with it every school behind it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ class DefenderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_failures: int = Field(default=5, ge=1)
-    """Failed logins from one IP within `window_seconds` that earn a ban."""
+    """The score (failed logins, and connections scored by `score_no_auth`) from one IP
+    within `window_seconds` that earns a ban."""
+    score_no_auth: int = Field(default=0, ge=0)
+    """What a connection closed without a login attempt scores (0: nothing; set 1 to ban
+    scanners, after listing your load balancers and health checks in `safe_ips`)."""
     window_seconds: float = Field(default=600.0, gt=0)
     ban_seconds: float = Field(default=900.0, gt=0)
     """The first ban; each further ban of the same IP lasts twice as long."""
@@ -34,7 +42,7 @@ class DefenderConfig(BaseModel):
 
 @dataclass(slots=True)
 class _Record:
-    failures: deque[float] = field(default_factory=deque)
+    failures: deque[tuple[float, int]] = field(default_factory=deque)  # (when, score)
     banned_until: float = 0.0
     bans: int = 0
 
@@ -54,15 +62,18 @@ class Defender:
         return record is not None and record.banned_until > self.clock()
 
     def failed(self, ip: str, kind: str) -> None:
-        """Count one failed login (`kind`: password, public key, unknown user...)."""
-        if ip_allowed(ip, self.config.safe_ips) and self.config.safe_ips:
+        """Score one failure (`kind`: a failed login's reason, or `no_login` for a
+        connection that left without trying)."""
+        score = self.config.score_no_auth if kind == "no_login" else 1
+        if not score or (ip_allowed(ip, self.config.safe_ips) and self.config.safe_ips):
             return
         now = self.clock()
         record = self._ips.setdefault(ip, _Record())
-        record.failures.append(now)
-        while record.failures and record.failures[0] < now - self.config.window_seconds:
+        record.failures.append((now, score))
+        while record.failures and record.failures[0][0] < now - self.config.window_seconds:
             record.failures.popleft()
-        if len(record.failures) >= self.config.max_failures and record.banned_until <= now:
+        total = sum(n for _, n in record.failures)
+        if total >= self.config.max_failures and record.banned_until <= now:
             seconds = min(self.config.ban_seconds * 2**record.bans, self.config.max_ban_seconds)
             record.bans += 1
             record.banned_until = now + seconds
@@ -77,6 +88,6 @@ class Defender:
         for ip in [
             ip
             for ip, r in self._ips.items()
-            if r.banned_until < now and (not r.failures or r.failures[-1] < horizon)
+            if r.banned_until < now and (not r.failures or r.failures[-1][0] < horizon)
         ]:
             del self._ips[ip]

@@ -333,7 +333,8 @@ class InboxSSHServer(asyncssh.SSHServer):
         conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Release the counters; a connection that never logged in counts as a failure."""
+        """Release the counters; a connection that never tried to log in is scored by the
+        defender (`score_no_auth`, nothing by default)."""
         service = self.service
         if not self.counted:
             return

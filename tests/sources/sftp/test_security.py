@@ -575,6 +575,31 @@ def test_banned_ip_is_dropped_before_auth_even_with_the_right_password(
     assert server.call(lambda: dict(server.svc.sessions)) == {}
 
 
+def test_connections_that_never_try_to_log_in_do_not_ban_by_default(
+    sftp_server: Callable[..., ServerThread],
+) -> None:
+    """A load balancer's TCP health check (connect, read the banner, leave) from the address
+    every school's traffic comes through must not get that address banned (SFTPGo's
+    score_no_auth = 0)."""
+    server = sftp_server(make_config(defender=DefenderConfig(max_failures=3)))
+    for _ in range(6):
+        assert banner(server.port).startswith(b"SSH-2.0-")
+    assert wait_for(lambda: server.call(lambda: sum(server.svc.connections.values())) == 0)
+    assert not server.call(lambda: server.svc.defender.is_banned("127.0.0.1"))
+    assert asyncio.run(login_outcome(server.port)) == "ok"
+
+
+def test_score_no_auth_bans_an_address_that_only_connects(
+    sftp_server: Callable[..., ServerThread],
+) -> None:
+    server = sftp_server(make_config(defender=DefenderConfig(max_failures=3, score_no_auth=1)))
+    for _ in range(3):
+        assert banner(server.port).startswith(b"SSH-2.0-")
+    assert wait_for(lambda: server.call(lambda: server.svc.defender.is_banned("127.0.0.1")))
+    assert banner(server.port) == b""  # dropped before the SSH version string
+    assert asyncio.run(login_outcome(server.port)) == "dropped"
+
+
 def test_each_wrong_password_counts_once_toward_a_ban(
     sftp_server: Callable[..., ServerThread],
 ) -> None:
