@@ -179,23 +179,11 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
 def _quotes_well_formed(data: bytes, lines: int) -> bool:
     """True when every line of `data` (`lines` of them) that holds a quote is a row of
     well-formed fields."""
-    try:
-        split = pl.read_csv(
-            data,
-            has_header=False,
-            separator="\x1f",
-            quote_char=None,
-            infer_schema=False,
-            raise_if_empty=False,
-            new_columns=["l"],
-        )
-    except pl.exceptions.PolarsError:
+    split = _physical_lines(data)
+    if split is None or split.len() != lines:
         return False
-    if split.width != 1 or split.height != lines:
-        return False
-    line = pl.col("l").str.strip_suffix("\r")
-    quoted = split.filter(pl.col("l").str.contains('"', literal=True))
-    return bool(quoted.select(line.str.contains(_WELL_FORMED).all()).item())
+    quoted = split.filter(split.str.contains('"', literal=True)).str.strip_suffix("\r")
+    return bool(quoted.str.contains(_WELL_FORMED).all())
 
 
 def decode(data: bytes, name: str, report: Report) -> str | None:
@@ -233,28 +221,36 @@ def _report_not_utf8(data: bytes, pos: int, name: str, report: Report) -> None:
 def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     """The file's physical lines (CR of CRLF removed) as a string Series, or None if not UTF-8."""
     expected = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if b"\x1f" not in data:
-        try:
-            frame = pl.read_csv(
-                data,
-                has_header=False,
-                separator="\x1f",
-                quote_char=None,
-                infer_schema=False,
-                empty_string_is_null=False,
-                raise_if_empty=False,
-            )
-        except pl.exceptions.ComputeError:
-            frame = None
-        if frame is not None and frame.width == 1 and frame.height == expected:
-            return frame.to_series().fill_null("").rename("l")
+    lines = _physical_lines(data)
+    if lines is not None and lines.len() == expected:
+        return lines
     text = decode(data, name, report)
     if text is None:
         return None
-    lines = text.split("\n")
+    parts = text.split("\n")
     if text.endswith("\n"):
-        lines.pop()
-    return pl.Series("l", [ln.removesuffix("\r") for ln in lines], dtype=pl.String)
+        parts.pop()
+    return pl.Series("l", [ln.removesuffix("\r") for ln in parts], dtype=pl.String)
+
+
+def _physical_lines(data: bytes) -> pl.Series | None:
+    """The lines of `data` as polars splits them (one column, no quoting; CR of CRLF
+    removed), or None when it cannot: a unit separator byte in the data, not UTF-8."""
+    if b"\x1f" in data:
+        return None
+    try:
+        frame = pl.read_csv(
+            data,
+            has_header=False,
+            separator="\x1f",
+            quote_char=None,
+            infer_schema=False,
+            empty_string_is_null=False,
+            raise_if_empty=False,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    return frame.to_series().fill_null("").rename("l") if frame.width == 1 else None
 
 
 def _quote(name: str) -> str:
