@@ -242,38 +242,22 @@ class _Matching:
 
 
 def _match(new: pl.DataFrame, old: pl.DataFrame) -> _Matching:
-    """Pair rows of equal fingerprints (a repeated fingerprint on one side means keys are
-    not unique: then nothing is paired, and every row is matched on the key)."""
-    both = pl.concat(
-        [
-            new.select(H1, H2, pl.int_range(pl.len(), dtype=pl.Int64).alias("__p")),
-            old.select(H1, H2, (-1 - pl.int_range(pl.len(), dtype=pl.Int64)).alias("__p")),
-        ]
-    ).sort(H1)
-    # Sorted by H1 alone (ties in any order): a row pairs with a neighbour of equal H1 and
-    # H2. Rows of one side never share both hashes, so a pair is one row of each side.
-    same_as_next = (
-        (pl.col(H1) == pl.col(H1).shift(-1)) & (pl.col(H2) == pl.col(H2).shift(-1))
-    ).fill_null(False)
-    side = pl.col("__p") >= 0
-    flagged = both.select(
-        pair=same_as_next,
-        one_side=same_as_next & (side == side.shift(-1)),
-        p=pl.col("__p"),
-        partner=pl.col("__p").shift(-1),
+    """Pair rows of equal fingerprints: a hash join on H1, then H2 compared. When a new
+    row's H1 is that of two old rows, or two new rows pair with one old row, nothing is
+    paired and every row is matched on the key (keys are unique on both sides, so this
+    guards against the impossible, and a 64-bit H1 collision costs only time; a repeat
+    within one side that pairs with nothing is left to the key matching of lone rows)."""
+    old_keyed = old.select(
+        H1, pl.col(H2).alias("__o2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__j")
     )
-    if flagged["one_side"].any():
+    found = new.select(H1, H2).join(old_keyed, on=H1, how="left", maintain_order="left")
+    if found.height != new.height:  # an H1 repeated among the old rows
         return _Matching(None, None, None)
-    pair = flagged["pair"]
-    paired = pair | pair.shift(1, fill_value=False)
-    lone = flagged["p"].filter(~paired)
-    pairs = flagged.filter(pair).select(
-        n=pl.max_horizontal("p", "partner"),
-        o=(-1 - pl.min_horizontal("p", "partner")).cast(pl.UInt32),
-    )
-    old_of_new = pl.repeat(None, new.height, dtype=pl.UInt32, eager=True)
-    old_of_new.scatter(pairs["n"], pairs["o"])
-    return _Matching(lone.filter(lone >= 0).sort(), (-1 - lone.filter(lone < 0)).sort(), old_of_new)
+    old_of_new = found.select(pl.when(pl.col(H2) == pl.col("__o2")).then("__j")).to_series()
+    taken = pl.repeat(False, old.height, eager=True).scatter(old_of_new.drop_nulls(), True)
+    if taken.sum() != old_of_new.count():  # two new rows paired with one old row
+        return _Matching(None, None, None)
+    return _Matching(old_of_new.is_null().arg_true(), (~taken).arg_true(), old_of_new)
 
 
 def _identical(

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from ingestd.oneroster import spec
-from ingestd.pipeline.diff import PREVIOUS, DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.diff import H1, H2, PREVIOUS, DiffOptions, EntityDiff, _match, diff_entity
 
 
 def frame(
@@ -465,3 +465,19 @@ def test_unmatched_rows_keep_file_order_whatever_the_hash_order() -> None:
     d = diff_entity("orgs", old, new)
     assert d.updated["sourcedId"].to_list() == [str(i) for i in reversed(range(50)) if i % 7 == 0]
     assert d.created["sourcedId"].to_list() == [str(i) for i in reversed(range(50, 60))]
+
+
+def test_a_fingerprint_that_pairs_two_rows_pairs_nothing() -> None:
+    """Keys are unique on both sides; if they were not, no row is paired by fingerprint
+    (all are matched on the key), whichever side repeats."""
+
+    def prints(pairs: list[tuple[int, int]]) -> pl.DataFrame:
+        return pl.DataFrame(pairs, schema={H1: pl.UInt64, H2: pl.UInt64}, orient="row")
+
+    plain = _match(prints([(1, 1), (2, 2), (3, 3)]), prints([(3, 3), (9, 9), (1, 1)]))
+    assert plain.old_of_new is not None and plain.old_of_new.to_list() == [2, None, 0]
+    assert plain.new_lone.to_list() == [1] and plain.old_lone.to_list() == [1]
+    assert _match(prints([(1, 1)]), prints([(1, 1), (1, 1)])).old_of_new is None
+    assert _match(prints([(1, 1), (1, 1)]), prints([(1, 1)])).old_of_new is None
+    same_h1 = _match(prints([(1, 1)]), prints([(1, 2), (1, 1)]))  # H1 alike, H2 not
+    assert same_h1.old_of_new is None
