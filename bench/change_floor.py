@@ -26,6 +26,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ingestd.oneroster.csvfile import physical_lines
+
 ENTITIES = ["academicSessions", "orgs", "courses", "classes", "users", "demographics"]
 ENTITIES += ["enrollments"]
 REFERENCES = {
@@ -40,15 +42,10 @@ REFERENCES = {
 
 
 def lines_of(data: bytes) -> pl.Series:
-    frame = pl.read_csv(
-        data,
-        has_header=False,
-        separator="\x1f",
-        quote_char=None,
-        infer_schema=False,
-        new_columns=["l"],
-    )
-    return frame["l"].slice(1)
+    """The lines after the header, split by polars as the reader splits them."""
+    lines = physical_lines(data)
+    assert lines is not None
+    return lines.slice(1)
 
 
 def hashes(lines: pl.Series) -> pl.DataFrame:

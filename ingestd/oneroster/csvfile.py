@@ -179,7 +179,7 @@ def _parse_sound_file(data: bytes, header: list[str], header_bytes: bytes) -> pl
 def _quotes_well_formed(data: bytes, lines: int) -> bool:
     """True when every line of `data` (`lines` of them) that holds a quote is a row of
     well-formed fields."""
-    split = _physical_lines(data)
+    split = physical_lines(data)
     if split is None or split.len() != lines:
         return False
     quoted = split.filter(split.str.contains('"', literal=True)).str.strip_suffix("\r")
@@ -221,7 +221,7 @@ def _report_not_utf8(data: bytes, pos: int, name: str, report: Report) -> None:
 def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     """The file's physical lines (CR of CRLF removed) as a string Series, or None if not UTF-8."""
     expected = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    lines = _physical_lines(data)
+    lines = physical_lines(data)
     if lines is not None and lines.len() == expected:
         return lines
     text = decode(data, name, report)
@@ -233,7 +233,7 @@ def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     return pl.Series("l", [ln.removesuffix("\r") for ln in parts], dtype=pl.String)
 
 
-def _physical_lines(data: bytes) -> pl.Series | None:
+def physical_lines(data: bytes) -> pl.Series | None:
     """The lines of `data` as polars splits them (one column, no quoting; CR of CRLF
     removed), or None when it cannot: a unit separator byte in the data, not UTF-8."""
     if b"\x1f" in data:
