@@ -72,7 +72,6 @@ def read_table(
     fast = _parse_sound_file(data, header, header_bytes) if one_pass else None
     if fast is not None:
         return RawTable(entity, name, header, fast, fast.height, 0)
-    del fast
     lines = _split_lines(data, name, report)
     if lines is None:
         return None

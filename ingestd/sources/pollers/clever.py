@@ -57,7 +57,6 @@ class CleverPoller:
     def __init__(self, tenant: TenantConfig, client: ApiClient, pages: PageArchive) -> None:
         self.tenant = tenant
         self.client = client
-        self.pages = pages
         self.archive = ArchiveWriter(pages)  # pages written beside the event loop
         self.limit = tenant.page_size or DEFAULT_LIMIT
 

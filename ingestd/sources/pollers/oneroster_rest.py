@@ -285,14 +285,16 @@ class OneRosterPoller:
         revision = _Revision()
         results: dict[str, _Pulled] = {}
         archive = ArchiveWriter(self.pages)
-        try:
+
+        async def every_collection() -> None:
             async with asyncio.TaskGroup() as group:
                 for collection in COLLECTIONS:
                     group.create_task(self._collection(collection, revision, results, archive))
+
+        try:  # the pages of a failed pull are kept too
+            await archive.around(every_collection())
         except BaseExceptionGroup as errors:
-            await archive.drain(check=False)  # the pages of a failed pull are kept too
             raise _most_telling(errors) from None
-        await archive.drain()
         self.stats.archive_seconds += archive.seconds
         roster = Roster()
         for collection in COLLECTIONS:

@@ -74,7 +74,6 @@ class PowerSchoolLists:
     def __init__(self, tenant: TenantConfig, client: ApiClient, pages: PageArchive) -> None:
         self.tenant = tenant
         self.client = client
-        self.pages = pages
         self.archive = ArchiveWriter(pages)  # every response kept, beside the event loop
         self.caps: dict[str, int] = {}
 
