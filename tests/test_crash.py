@@ -515,6 +515,14 @@ def wait_for(condition: Any, what: str, timeout: float = 60) -> Any:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def _made_since(folder: Path, started: float) -> bool:
+    """True when `folder` exists and was made (or remade) at or after `started`."""
+    try:
+        return folder.stat().st_ctime >= started
+    except FileNotFoundError:
+        return False
+
+
 def test_a_recoverer_paused_in_its_snapshot_while_another_commits_the_set(
     tmp_path: Path, district: tuple[Path, Path, dict[str, tuple]], day1_reference: Reference
 ) -> None:
@@ -546,6 +554,10 @@ def test_a_recoverer_paused_in_its_snapshot_while_another_commits_the_set(
         if set_statuses(state, tmp_path / "scratch").get(set_id) != "received":
             raise RuntimeError("the first run was not killed before its commit")
 
+        # The killed run may have left its own snapshot temp folder: wait for A's, the one
+        # made after A started (A holds the tenant's lock by then).
+        temp = snapshots / f".tmp-{set_id}"
+        started = time.time()
         a = subprocess.Popen(
             command(config, "ingest", TENANT, day1),
             stdout=subprocess.PIPE,
@@ -554,8 +566,7 @@ def test_a_recoverer_paused_in_its_snapshot_while_another_commits_the_set(
             env=ENV,
         )
         procs.append(a)
-        temp = snapshots / f".tmp-{set_id}"
-        wait_for(temp.exists, "A writing the snapshot")
+        wait_for(lambda: _made_since(temp, started), "A writing the snapshot")
         a.send_signal(signal.SIGSTOP)
         if not temp.exists():
             raise RuntimeError("A finished its snapshot before it could be paused")
