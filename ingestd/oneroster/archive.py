@@ -35,6 +35,7 @@ class Entry:
 
     name: str  # path inside the set, for messages
     load: Callable[[], bytes]
+    path: Path | None = None  # the file itself, when the set is a folder
 
 
 class NotAZip(Exception):
@@ -76,10 +77,12 @@ def dir_entries(path: Path, report: Report) -> Iterator[Entry]:
             f"the files were found inside the folder {dirs[0].name}/",
             "put the CSV files at the top of the set",
         )
-        yield from (Entry(f"{dirs[0].name}/{e.name}", e.load) for e in dir_entries(dirs[0], report))
+        yield from (
+            Entry(f"{dirs[0].name}/{e.name}", e.load, e.path) for e in dir_entries(dirs[0], report)
+        )
         return
     for p in files:
-        yield Entry(p.name, p.read_bytes)
+        yield Entry(p.name, p.read_bytes, p)
 
 
 def zip_entries(path: Path, report: Report, limits: ReadLimits) -> list[Entry]:

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ingestd.oneroster.report import Issue, Report, Scope, Severity
+
+if TYPE_CHECKING:
+    from ingestd.oneroster.lineprints import CarriedRows
 
 LINE = "__line"  # the physical line number of each row (header = line 1)
 BOM = b"\xef\xbb\xbf"
@@ -34,15 +39,44 @@ class RawTable:
     frame: pl.DataFrame
     data_lines: int  # data lines in the file (blank lines excluded), kept or not
     dropped_lines: int  # lines the reader had to drop (ragged, bad quotes)
+    fixed_lines: pl.Series | None = None  # LINEs of rows the reader mended (extra empty fields)
+    prints: pl.DataFrame | None = None  # line prints of every line after the header, if asked
+    seeds: tuple[int, int] | None = None  # what `prints` were seeded with
+    carried: CarriedRows | None = None  # rows taken from the last accepted state, not in frame
+
+    @property
+    def carried_rows(self) -> int:
+        """How many rows of the file were taken from the last accepted state."""
+        return 0 if self.carried is None else self.carried.lines.len()
 
 
 def read_table(
-    data: bytes, entity: str, name: str, report: Report, *, one_pass: bool = True
+    data: bytes,
+    entity: str,
+    name: str,
+    report: Report,
+    *,
+    one_pass: bool = True,
+    prints: bool = False,
 ) -> RawTable | None:
     """Parse one entity file; None (with the reasons in `report`) when the file is unusable.
 
-    `one_pass=False` forces the line-by-line path (tests compare both paths).
+    `one_pass=False` forces the line-by-line path (tests compare both paths). `prints`:
+    also give the line prints of every line (`lineprints.py`), when the lines can be split.
     """
+    table = _read_table(data, entity, name, report, one_pass)
+    if table is not None and prints:
+        from ingestd.oneroster.lineprints import file_prints  # it builds on this module
+
+        found = file_prints(data)
+        if found is not None:
+            table.seeds, table.prints = found
+    return table
+
+
+def _read_table(
+    data: bytes, entity: str, name: str, report: Report, one_pass: bool
+) -> RawTable | None:
     data = data.removeprefix(BOM)
     if not data or data.isspace():
         report.reject(
@@ -81,7 +115,7 @@ def read_table(
         {"l": lines.slice(1), LINE: pl.int_range(2, len(lines) + 1, eager=True, dtype=pl.UInt32)}
     )
     del lines
-    kept, dropped, blank_lines, changed = _check_lines(
+    kept, dropped, blank_lines, changed, fixed = _check_lines(
         body, width, header, name, ends_with_newline, report
     )
     if kept is None:
@@ -110,7 +144,7 @@ def read_table(
         return None
     frame.columns = header
     frame = frame.with_columns(kept[LINE]).select(LINE, *header)
-    return RawTable(entity, name, header, frame, data_lines, dropped)
+    return RawTable(entity, name, header, frame, data_lines, dropped, fixed)
 
 
 def _parse(data: bytes) -> pl.DataFrame:
@@ -232,10 +266,11 @@ def _split_lines(data: bytes, name: str, report: Report) -> pl.Series | None:
     return pl.Series("l", [ln.removesuffix("\r") for ln in parts], dtype=pl.String)
 
 
-def physical_lines(data: bytes) -> pl.Series | None:
-    """The lines of `data` as polars splits them (one column, no quoting; CR of CRLF
-    removed), or None when it cannot: a unit separator byte in the data, not UTF-8."""
-    if b"\x1f" in data:
+def physical_lines(data: bytes | Path) -> pl.Series | None:
+    """The lines of `data` (or of the file at that path) as polars splits them: at each
+    LF, with the CR of CRLF removed (one column, no quoting); None when it cannot: a unit
+    separator byte in the data, not UTF-8."""
+    if isinstance(data, bytes) and b"\x1f" in data:
         return None
     try:
         frame = pl.read_csv(
@@ -295,8 +330,9 @@ def _check_lines(
     name: str,
     ends_with_newline: bool,
     report: Report,
-) -> tuple[pl.DataFrame | None, int, int, bool]:
-    """Field counts and quoting per line: (kept lines, dropped, blank lines, changed?)."""
+) -> tuple[pl.DataFrame | None, int, int, bool, pl.Series | None]:
+    """Field counts and quoting per line: (kept lines, dropped, blank lines, changed?,
+    LINEs of the kept lines that were mended)."""
     line = pl.col("l")
     width_expr = line.str.count_matches(",", literal=True) + 1
     has_quotes = body.select(line.str.contains('"', literal=True).any()).item()
@@ -337,7 +373,7 @@ def _check_lines(
     found = [plain, fancy] if fancy is not None else [plain]
     problems = pl.concat(pl.collect_all(found)).with_columns(blank=pl.col("l") == "")
     if problems.is_empty():
-        return body, 0, 0, False
+        return body, 0, 0, False, None
     last = body.height + 1  # line number of the last line
 
     truncated = problems.filter(
@@ -353,7 +389,7 @@ def _check_lines(
             "upload the whole file again; check that the export finished",
             file=name,
         )
-        return None, 0, 0, True
+        return None, 0, 0, True, None
 
     blank = problems.filter("blank")
     if not blank.is_empty():
@@ -440,7 +476,9 @@ def _check_lines(
         [quotes.select(LINE), short.select(LINE), long_bad.select(LINE), blank.select(LINE)]
     )
     kept = body.join(drop, on=LINE, how="anti", maintain_order="left")
+    fixed = None
     if not trailing_empty.is_empty():
+        fixed = trailing_empty[LINE]
         fix = trailing_empty.select(LINE, cut=extra_len)
         kept = (
             kept.join(fix, on=LINE, how="left", maintain_order="left")
@@ -452,7 +490,7 @@ def _check_lines(
             .drop("cut")
         )
     dropped = quotes.height + short.height + long_bad.height
-    return kept, dropped, blank.height, True
+    return kept, dropped, blank.height, True, fixed
 
 
 def _rows(

@@ -11,8 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from ingestd.oneroster import spec
-from ingestd.oneroster.archive import NotAZip, ReadLimits, classify, dir_entries, zip_entries
+from ingestd.oneroster.archive import (
+    Entry,
+    NotAZip,
+    ReadLimits,
+    classify,
+    dir_entries,
+    zip_entries,
+)
 from ingestd.oneroster.csvfile import BOM, LINE, RawTable, decode, read_table
 from ingestd.oneroster.report import FileSummary, Report
 
@@ -29,6 +38,11 @@ class RawSet:
     manifest_name: str | None = None
     other_files: list[str] = field(default_factory=list)  # kept, not part of rostering
     unreadable: set[str] = field(default_factory=set)  # entities whose file was rejected
+    prior: dict[str, pl.DataFrame] | None = None  # the last accepted state, if read against it
+    prior_entities: tuple[str, ...] | None = None  # the files of the set that made `prior`
+
+
+TableReader = Callable[[Entry, str, Report], "RawTable | None"]  # entry, entity, report
 
 
 def read_set(
@@ -36,9 +50,19 @@ def read_set(
     report: Report,
     limits: ReadLimits | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    prints: bool = False,
+    read: TableReader | None = None,
 ) -> RawSet:
-    """Read the set at `path` (directory or zip); problems go to `report`."""
+    """Read the set at `path` (directory or zip); problems go to `report`. `prints`: with
+    the line prints of every file; `read` reads each entity file instead of `read_table`
+    (entry, entity, report)."""
     limits = limits or ReadLimits()
+    if read is None:
+
+        def read(entry: Entry, entity: str, report: Report) -> RawTable | None:
+            return read_table(entry.load(), entity, entry.name, report, prints=prints)
+
     raw = RawSet(source=str(path))
     if path.is_dir():
         entries = list(dir_entries(path, report))
@@ -95,12 +119,11 @@ def read_set(
             )
         if progress is not None:
             progress(f"reading {entry.name}")
-        data = entry.load()
         if entity is None:
-            raw.manifest = _read_manifest(data, entry.name, report)
+            raw.manifest = _read_manifest(entry.load(), entry.name, report)
             raw.manifest_name = entry.name
             continue
-        table = read_table(data, entity, entry.name, report)
+        table = read(entry, entity, report)
         if table is None:
             raw.unreadable.add(entity)
         else:

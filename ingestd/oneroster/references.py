@@ -10,6 +10,7 @@ import polars as pl
 
 from ingestd.oneroster import spec
 from ingestd.oneroster.csvfile import LINE, RawTable
+from ingestd.oneroster.lineprints import CarriedRows
 from ingestd.oneroster.report import Report, Severity
 from ingestd.oneroster.rules import items
 
@@ -21,8 +22,12 @@ def check_references(
     tables: dict[str, RawTable],
     report: Report,
     modes: dict[str, str] | None = None,
+    noisy: list[pl.Series] | None = None,
+    carried: dict[str, CarriedRows] | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Drop rows whose required references do not resolve; warn on optional ones.
+    LINEs of the rows reported are added to `noisy`. `carried`: entities of which
+    `frames` holds only the rows parsed now; their carried rows are good targets too.
 
     A delta file names only what changed: what it points to (or what points to it)
     may live in the tenant's snapshot, so its unresolved references are warnings.
@@ -44,6 +49,9 @@ def check_references(
         severity = Severity.ERROR if required and not delta else Severity.WARNING
         if ref.target == entity and drop is not None:
             target = frame.filter(~drop)
+        if carried is not None and ref.target in carried:
+            more = carried[ref.target].ids("type" if ref.target_type else "sourcedId")
+            target = pl.concat([more, target.select(more.columns)])
         good = (
             target if ref.target_type is None else target.filter(pl.col("type") == ref.target_type)
         )
@@ -65,6 +73,8 @@ def check_references(
                 continue
             bad = frame.filter(mask).select(LINE, ref.column, item=col)
         _report_bad(ref, bad, target, all_ids.get(ref.target), tables, name, severity, report)
+        if noisy is not None:
+            noisy.append(bad[LINE])
         if severity is Severity.ERROR:
             drop = mask if drop is None else drop | mask
     for ref in (r for r in spec.REFERENCES if r.entity == entity and r.no_cycles):
@@ -84,6 +94,8 @@ def check_references(
                 fix="a record cannot be its own ancestor",
             )
             in_cycle = frame["sourcedId"].is_in(list(cyclic))
+            if noisy is not None:
+                noisy.append(rows[LINE])
             drop = in_cycle if drop is None else drop | in_cycle
     if drop is None:
         return frame, 0

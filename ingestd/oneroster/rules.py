@@ -217,9 +217,14 @@ def items(col: pl.Expr) -> pl.Expr:
 
 
 def duplicates(
-    frame: pl.DataFrame, entity: str, name: str, report: Report
+    frame: pl.DataFrame,
+    entity: str,
+    name: str,
+    report: Report,
+    noisy: list[pl.Series] | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """Rows sharing a sourcedId: Skyward's per-school users rows are merged, others dropped."""
+    """Rows sharing a sourcedId: Skyward's per-school users rows are merged, others dropped.
+    Their LINEs (merged or dropped) are added to `noisy`."""
     # Hashes first: a million distinct ids are proven distinct in milliseconds; only a
     # collision or a real duplicate pays for the exact comparison of strings.
     if frame.select(pl.col("sourcedId").hash().n_unique()).item() == frame.height:
@@ -228,6 +233,8 @@ def duplicates(
     if not dup_mask.any():
         return frame, 0
     dups = frame.filter(dup_mask)
+    if noisy is not None:
+        noisy.append(dups[LINE])
     if entity == "users":
         others = [c for c in frame.columns if c not in (LINE, "orgSourcedIds")]
         variants = dups.select(others).unique().group_by("sourcedId").len()

@@ -17,10 +17,11 @@ from pathlib import Path
 import polars as pl
 
 from ingestd.oneroster import spec
+from ingestd.oneroster.lineprints import L1, L2, CarriedRows, NotCarried
 from ingestd.oneroster.reader import LINE, RawSet, RawTable, ReadLimits, read_set
 from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
-from ingestd.oneroster.rules import Check, duplicates, value_checks
+from ingestd.oneroster.rules import Check, duplicates, items, value_checks
 
 # Header-only files of these entities are what a broken bulk export looks like.
 _MUST_HAVE_ROWS = ("orgs", "users")
@@ -46,6 +47,13 @@ class ValidatedSet:
     dropped_ids: dict[str, list[str]] = field(default_factory=dict)
     dropped_rows: dict[str, pl.DataFrame] = field(default_factory=dict)  # as read, if parsed
     other_files: list[str] = field(default_factory=list)
+    prints: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """Per entity whose lines were printed (every file bulk), row for row with its table:
+    LINE, and the line prints L1, L2 (null where the row had anything to report)."""
+    seeds: dict[str, tuple[int, int]] = field(default_factory=dict)  # what prints are seeded with
+    carried: dict[str, CarriedRows] = field(default_factory=dict)
+    """Entities read against the last accepted state: their table holds only the rows
+    parsed now; the others are these rows of the state (`carry.py`)."""
 
     @property
     def accepted(self) -> bool:
@@ -57,11 +65,14 @@ def validate_set(
     path: Path,
     policy: ValidationPolicy | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    prints: bool = False,
 ) -> ValidatedSet:
-    """Read and validate the set at `path` (directory or zip)."""
+    """Read and validate the set at `path` (directory or zip); `prints`: with the line
+    prints of the rows (for the next set to be read against this one)."""
     policy = policy or ValidationPolicy()
     report = Report(source=str(path), max_examples=policy.max_examples)
-    raw = read_set(path, report, policy.limits, progress)
+    raw = read_set(path, report, policy.limits, progress, prints=prints)
     return validate_raw(raw, report, policy, progress)
 
 
@@ -78,22 +89,47 @@ def validate_raw(
         return out
     modes = _modes(raw, report, policy)
     tables: dict[str, RawTable] = {e: raw.tables[e] for e in spec.ENTITY_NAMES if e in modes}
+    carried = {e: t.carried for e, t in tables.items() if t.carried is not None}
+    if carried and set(modes.values()) != {"bulk"}:
+        raise NotCarried("a file is not bulk")
+    if carried and set(modes) != set(raw.prior_entities or ()):
+        raise NotCarried("the set has other files than the last accepted one")
     frames: dict[str, pl.DataFrame] = {}
     all_ids: dict[str, pl.DataFrame] = {}
     dropped_counts: dict[str, int] = {}
+    noisy: dict[str, list[pl.Series]] = {e: [] for e in tables}
     for entity, table in tables.items():
         progress(f"checking {table.name}")
-        checked = _check_table(table, modes[entity], report)
+        checked = _check_table(table, modes[entity], report, noisy[entity])
         if checked is None:
             continue
         frame, dropped = checked
         all_ids[entity] = table.frame.select(LINE, "sourcedId")
+        if table.carried is not None:
+            carried_ids = pl.DataFrame(
+                {LINE: table.carried.lines, "sourcedId": table.carried.ids()["sourcedId"]}
+            )
+            all_ids[entity] = pl.concat([all_ids[entity], carried_ids])
         frames[entity] = frame
         dropped_counts[entity] = dropped
     for entity in list(frames):
         progress(f"checking references of {tables[entity].name}")
-        frames[entity], lost = check_references(entity, frames, all_ids, tables, report, modes)
+        if entity in carried:
+            # Carried rows pointing to rows gone today are checked (and reported) with the
+            # rows read today, as a whole read would.
+            hit = _carried_hits(entity, carried[entity], frames, carried, raw.prior)
+            if hit is not None:
+                frames[entity] = _uncarry(tables[entity], frames[entity], hit)
+                carried[entity] = tables[entity].carried  # type: ignore[assignment]
+        frames[entity], lost = check_references(
+            entity, frames, all_ids, tables, report, modes, noisy[entity], carried
+        )
         dropped_counts[entity] += lost
+        if (
+            entity in carried
+            and _carried_hits(entity, carried[entity], frames, carried, raw.prior) is not None
+        ):  # a row dropped by this very check is the target of a carried row
+            raise NotCarried(f"a carried row of {entity} points to a row dropped today")
     for entity, frame in frames.items():
         table = tables[entity]
         total_dropped = table.dropped_lines + dropped_counts[entity]
@@ -117,9 +153,93 @@ def validate_raw(
             dropped = table.frame.join(frame.select(LINE), on=LINE, how="anti").drop(LINE)
             out.dropped_rows[entity] = dropped
             out.dropped_ids[entity] = _dropped_ids(dropped, frame)
+        if table.prints is not None and table.seeds is not None and set(modes.values()) == {"bulk"}:
+            out.prints[entity] = _row_prints(frame[LINE], table.prints, noisy[entity])
+            out.seeds[entity] = table.seeds
+        if table.carried is not None:
+            out.carried[entity] = table.carried
         out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
         out.modes[entity] = modes[entity]
     return out
+
+
+def _row_prints(lines: pl.Series, prints: pl.DataFrame, noisy: list[pl.Series]) -> pl.DataFrame:
+    """LINE, L1, L2 of rows read from `lines`; null prints where a row is among `noisy`."""
+    at = prints.select(pl.all().gather(lines.cast(pl.Int64) - 2))
+    if noisy:
+        quiet = ~lines.is_in(pl.concat(noisy).cast(pl.UInt32).implode())
+        at = at.select(pl.when(quiet).then(pl.all()))
+    return pl.concat([pl.DataFrame([lines.alias(LINE)]), at.select(L1, L2)], how="horizontal")
+
+
+def _carried_hits(
+    entity: str,
+    rows: CarriedRows,
+    frames: dict[str, pl.DataFrame],
+    carried: dict[str, CarriedRows],
+    prior: dict[str, pl.DataFrame] | None,
+) -> pl.Series | None:
+    """Per row of the last accepted state (`rows.prior`): True where it is carried today
+    and points to a row that was good in that state and is not today (gone, dropped, of
+    another type); None when there is none."""
+    hit: pl.Series | None = None
+    for ref in (r for r in spec.REFERENCES if r.entity == entity):
+        if ref.target not in frames:
+            continue
+        target_rows = carried.get(ref.target)
+        before = prior.get(ref.target) if prior is not None else None
+        if before is None:
+            raise NotCarried(f"{ref.target} is not in the last accepted state")
+        was = pl.col("sourcedId").is_not_null()
+        if target_rows is not None:
+            was = was & ~pl.lit(target_rows.taken)  # carried target rows are good today
+        if ref.target_type is not None:
+            was = was & (pl.col("type") == ref.target_type)
+        now = frames[ref.target]
+        if ref.target_type is not None:
+            now = now.filter(pl.col("type") == ref.target_type)
+        lost = before.filter(was).filter(~pl.col("sourcedId").is_in(now["sourcedId"].implode()))
+        if lost.is_empty():
+            continue
+        gone = lost["sourcedId"].implode()
+        column = spec.ENTITY_BY_NAME[entity].column(ref.column)
+        if column.is_list:
+            pointing = (
+                rows.prior.select(
+                    pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"),
+                    item=items(pl.col(ref.column)),
+                )
+                .explode("item")
+                .filter(pl.col("item").is_in(gone))["i"]
+            )
+            mask = pl.repeat(False, rows.prior.height, eager=True).scatter(pointing, True)
+        else:
+            mask = rows.prior.select(pl.col(ref.column).is_in(gone).fill_null(False)).to_series()
+        mask = mask & rows.taken
+        if mask.any():
+            hit = mask if hit is None else hit | mask
+    return hit
+
+
+def _uncarry(table: RawTable, frame: pl.DataFrame, hit: pl.Series) -> pl.DataFrame:
+    """Move the carried rows `hit` (a mask over the prior rows) of `table` among the rows
+    read today: into its raw frame and into `frame` (its rows being checked), by LINE.
+    They were valid and quiet in the last state, so the value rules have nothing to say."""
+    rows = table.carried
+    assert rows is not None
+    moving = hit.gather(rows.prior_rows)
+    moved = rows.prior[rows.prior_rows.filter(moving)].with_columns(
+        rows.lines.filter(moving).alias(LINE)
+    )
+    table.frame = pl.concat([table.frame, moved.select(table.frame.columns)]).sort(LINE)
+    table.carried = CarriedRows(
+        prior=rows.prior,
+        prior_rows=rows.prior_rows.filter(~moving),
+        lines=rows.lines.filter(~moving),
+        taken=rows.taken & ~hit,
+        prints=rows.prints.filter(~moving),
+    )
+    return pl.concat([frame, moved.select(frame.columns)]).sort(LINE)
 
 
 # --- manifest and required files -------------------------------------------------------
@@ -226,8 +346,11 @@ def _missing_file(entity: str, report: Report, why: str, raw: RawSet | None = No
 # --- per-table checks --------------------------------------------------------------------
 
 
-def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFrame, int] | None:
-    """Header against the spec, then value checks; returns (kept rows, rows dropped here)."""
+def _check_table(
+    table: RawTable, mode: str, report: Report, noisy: list[pl.Series]
+) -> tuple[pl.DataFrame, int] | None:
+    """Header against the spec, then value checks; returns (kept rows, rows dropped here).
+    LINEs of rows with anything to report (or mended) are added to `noisy`."""
     entity = spec.ENTITY_BY_NAME[table.entity]
     name = table.name
     header = table.header
@@ -274,7 +397,9 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
             f"export the columns in this order: {','.join(spec_names)}",
             name,
         )
-    if table.frame.is_empty():
+    if table.fixed_lines is not None:
+        noisy.append(table.fixed_lines)
+    if table.frame.is_empty() and not table.carried_rows:
         severity_reject = entity.name in _MUST_HAVE_ROWS and mode == "bulk"
         msg = f"{name} has a header but no rows"
         if severity_reject:
@@ -289,12 +414,13 @@ def _check_table(table: RawTable, mode: str, report: Report) -> tuple[pl.DataFra
                 "no_rows", msg, "leave the file out and mark it absent in manifest.csv", name
             )
     frame = table.frame.with_columns(pl.lit(None, pl.String).alias(c.name) for c in missing)
-    frame, dropped = _apply_checks(frame, value_checks(entity, mode, frame), name, report)
-    frame, dup_dropped = duplicates(frame, entity.name, name, report)
+    frame, dropped = _apply_checks(frame, value_checks(entity, mode, frame), name, report, noisy)
+    frame, dup_dropped = duplicates(frame, entity.name, name, report, noisy)
     if mode == "bulk":
         for col in ("status", "dateLastModified"):
             n = frame[col].is_not_null().sum()
             if n:
+                noisy.append(frame.filter(pl.col(col).is_not_null())[LINE])
                 report.warn(
                     "bulk_has_" + col,
                     f"{name}: {n} rows of a bulk file carry {col} (it should be blank in bulk)",
@@ -318,7 +444,11 @@ def _dropped_ids(dropped: pl.DataFrame, kept: pl.DataFrame) -> list[str]:
 
 
 def _apply_checks(
-    frame: pl.DataFrame, checks: list[Check], name: str, report: Report
+    frame: pl.DataFrame,
+    checks: list[Check],
+    name: str,
+    report: Report,
+    noisy: list[pl.Series] | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Report every broken rule and drop the rows with errors; returns (frame, rows dropped).
 
@@ -354,6 +484,8 @@ def _apply_checks(
         if n == 0:
             continue
         hits = frame.filter(mask).head(report.max_examples)
+        if noisy is not None:
+            noisy.append(frame.filter(mask)[LINE])
         report.add_rows(
             severity=chk.severity,
             code=chk.code,

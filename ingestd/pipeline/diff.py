@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -71,6 +72,13 @@ class EntityDiff:
     """Per row of `state`, the row of the snapshot it is identical to in every column
     (UInt32, null: new or changed); None when unknown. Lets the next snapshot store only
     the rows that differ (snapshot.py)."""
+    state_lines: pl.DataFrame | None = None
+    """Per row of `state`: LINE and the line prints L1, L2 of the line it was read from
+    (null: none, or not read today); None when the set's lines were not printed."""
+    rows: int | None = None  # rows of the whole state, when `state` holds only a part of it
+    assembly: Any = None
+    """When the rows were read against the snapshot (carry.py): `state` holds only the
+    rows diffed today, and this (a `carry.StateAssembly`) builds the whole state."""
 
     def state_fingerprints(self) -> Fingerprints | None:
         """The fingerprints of `state` (computed now if the diff did not need them)."""
@@ -83,7 +91,7 @@ class EntityDiff:
     def counts(self) -> dict[str, int]:
         """rows / created / updated / deleted, for summaries and safeguards."""
         return {
-            "rows": self.state.height,
+            "rows": self.state.height if self.rows is None else self.rows,
             "prior_rows": self.prior_rows,
             "created": self.created.height,
             "updated": self.updated.height,
@@ -110,11 +118,13 @@ def diff_entity(
     keep_rows: pl.DataFrame | None = None,
     options: DiffOptions | None = None,
     old_fingerprints: Fingerprints | None = None,
+    new_lines: pl.DataFrame | None = None,
 ) -> EntityDiff:
     """Compare `new` (None: the entity was absent from the set) with the snapshot `old`.
 
     `old_fingerprints` are the snapshot's stored row fingerprints; they are used when
-    they cover the columns this diff compares, else computed again.
+    they cover the columns this diff compares, else computed again. `new_lines`: row for
+    row with `new`, LINE and line prints (L1, L2), carried into `state_lines`.
     """
     options = options or DiffOptions()
     cols = columns_of(entity, old, new)
@@ -141,7 +151,11 @@ def diff_entity(
             key = natural
         else:
             notes.append("natural key not unique; matched on sourcedId")
-    live = new.filter(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
+    alive = new.select(pl.col("status").is_null() | (pl.col("status") != "tobedeleted"))
+    live = new.filter(alive.to_series())
+    live_lines = None
+    if new_lines is not None and new_lines.height == new.height:
+        live_lines = new_lines.filter(alive.to_series())
     doomed_keys = new.filter(pl.col("status") == "tobedeleted").select(key)
     compared = _compared(cols, key, options)
     hashed = (*key, *compared)
@@ -156,6 +170,7 @@ def diff_entity(
             prior,
             notes=notes,
             fingerprint_columns=hashed,  # computed when the snapshot is written
+            state_lines=live_lines,
         )
     live_prints = Fingerprints(hashed, fingerprints(live, hashed))
     if old_fingerprints is None or not old_fingerprints.covers(hashed, old.height):
@@ -186,6 +201,7 @@ def diff_entity(
         untouched = gone.join(doomed_keys, on=key, how="anti", maintain_order="left")
         state = pl.concat([live, untouched])
         state_prints = live_prints.extend(untouched)
+        live_lines = _unprinted(live_lines, untouched.height)
         from_old = _followed_by(from_old, gone, gone_from, doomed_keys, key, "anti")
     else:
         deleted = gone
@@ -202,6 +218,7 @@ def diff_entity(
             deleted = gone.join(carried.select(key), on=key, how="anti", maintain_order="left")
             state = pl.concat([live, carried])
             state_prints = live_prints.extend(carried)
+            live_lines = _unprinted(live_lines, carried.height)
             from_old = _followed_by(from_old, gone, gone_from, carried.select(key), key, "semi")
     updated = _updated(fresh[pairs["__i"]], stale[pairs["__j"]], cols, compared)
     return EntityDiff(
@@ -215,7 +232,15 @@ def diff_entity(
         notes,
         fingerprints=state_prints,
         from_old=from_old,
+        state_lines=live_lines,
     )
+
+
+def _unprinted(lines: pl.DataFrame | None, more: int) -> pl.DataFrame | None:
+    """`lines` followed by `more` rows without a line (and without prints)."""
+    if lines is None or not more:
+        return lines
+    return pl.concat([lines, lines.clear(more)])
 
 
 def fingerprints(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:

@@ -33,11 +33,13 @@ from ingestd.events.store import (
 )
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
+from ingestd.oneroster.carry import CARRIABLE, NotCarried, Prior, PriorEntity, validate_carried
 from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
+from ingestd.pipeline.carry import diff_carried
 from ingestd.pipeline.changes import record_events, set_event
-from ingestd.pipeline.diff import DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.diff import NATURAL_KEYS, DiffOptions, EntityDiff, diff_entity
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
 from ingestd.pipeline.snapshot import (
     Reuse,
@@ -291,7 +293,7 @@ class Pipeline:
         reader = _Background(read, "ingestd-snapshot-read")
         try:
             with self._phase("validate"):
-                result = validate_set(sets.raw_input(folder), policy.validation)
+                result = self._validate(folder, policy, reader if current else None, log)
                 report_path = self._write_report(folder, result)
         finally:
             reader.join()
@@ -317,6 +319,33 @@ class Pipeline:
         finally:
             writer.abort()  # nothing once the snapshot is in place
             self._timings["write_snapshot"] = writer.busy
+
+    def _validate(
+        self,
+        folder: Path,
+        policy: TenantPolicy,
+        snapshot: _Background[Snapshot] | None,
+        log: Any,
+    ) -> ValidatedSet:
+        """Validate the set: read against the current snapshot when its rows have line
+        prints (only the changed lines are parsed), else (or if that cannot be) whole."""
+        path = sets.raw_input(folder)
+        if snapshot is not None:
+            old = snapshot.wait()
+            if old.lines and old.files is not None:
+                prior = Prior(
+                    tables=old.tables,
+                    printed={
+                        e: PriorEntity(old.tables[e], old.lines[e], old.seeds[e]) for e in old.lines
+                    },
+                    files=old.files,
+                )
+                carry = [e for e in CARRIABLE if not _natural(policy, e)]
+                try:
+                    return validate_carried(path, policy.validation, prior, carry)
+                except NotCarried as why:
+                    log.info("set.read_whole", reason=str(why))
+        return validate_set(path, policy.validation, prints=True)
 
     def _decide(
         self,
@@ -393,22 +422,41 @@ class Pipeline:
         one diffs the others, smallest first: polars leaves each a core part of the time."""
         old = snapshot.tables
         entities = [e for e in spec.ENTITY_NAMES if e in result.tables or e in old]
+        writer.describe_lines(tuple(sorted(result.modes)), result.seeds)
 
         def one(entity: str) -> EntityDiff:
-            d = diff_entity(
-                entity,
-                old.get(entity),
-                result.tables.get(entity),
-                mode=result.modes.get(entity, "bulk"),
-                keep_rows=result.dropped_rows.get(entity),
-                options=policy.diff,
-                old_fingerprints=snapshot.fingerprints.get(entity),
-            )
             origin = snapshot.origins.get(entity)
+            carried = result.carried.get(entity)
+            if carried is not None:
+                d = diff_carried(
+                    entity,
+                    old[entity],
+                    snapshot.fingerprints.get(entity),
+                    carried,
+                    result.tables[entity],
+                    result.prints.get(entity),
+                    keep_rows=result.dropped_rows.get(entity),
+                    options=policy.diff,
+                )
+                if d.assembly is not None:
+                    writer.add_assembled(entity, d.assembly, origin)
+                    return d
+            else:
+                d = diff_entity(
+                    entity,
+                    old.get(entity),
+                    result.tables.get(entity),
+                    mode=result.modes.get(entity, "bulk"),
+                    keep_rows=result.dropped_rows.get(entity),
+                    options=policy.diff,
+                    old_fingerprints=snapshot.fingerprints.get(entity),
+                    new_lines=result.prints.get(entity),
+                )
             reuse = None
             if origin is not None and d.from_old is not None:
                 reuse = Reuse(origin, origin.rows_in_base(d.from_old))
-            writer.add(entity, d.state, d.state_fingerprints, reuse)
+            lines = d.state_lines if entity in result.seeds else None
+            writer.add(entity, d.state, d.state_fingerprints, reuse, lines)
             return d
 
         by_size = sorted(entities, key=lambda e: _height(result.tables.get(e), old.get(e)))
@@ -462,6 +510,11 @@ class Pipeline:
         path.write_text(result.report.to_json() + "\n", encoding="utf-8")
         (folder / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
         return path
+
+
+def _natural(policy: TenantPolicy, entity: str) -> bool:
+    """True when the entity is matched on a natural key (the diff then needs every row)."""
+    return policy.diff.natural_key and entity in NATURAL_KEYS
 
 
 def _height(*frames: Any) -> int:

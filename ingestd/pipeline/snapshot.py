@@ -21,6 +21,12 @@ next diff need not hash the old rows again; `fingerprints.json` beside them
 names the columns each file's fingerprints cover and the hash probe of the
 polars that made them. Files without them (older ingestd) are read as they
 are; their fingerprints are computed when needed.
+
+`<entity>.lines.parquet` holds, row for row with the state, the prints of the line
+each row was read from (`oneroster/lineprints.py`; null where none), and
+`lines.json` the seeds of each entity's prints and the entity files of the set:
+the next set is then read against this state (`oneroster/carry.py`), and only
+its changed lines are parsed.
 """
 
 from __future__ import annotations
@@ -32,18 +38,22 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from ingestd.fsutil import fsync_path
 from ingestd.oneroster import spec
+from ingestd.oneroster.lineprints import L1, L2
+from ingestd.pipeline.carry import StateAssembly
 from ingestd.pipeline.diff import H1, H2, Fingerprints, fingerprint_probe
 
 SNAPSHOTS = "snapshots"
 FINGERPRINTS = "fingerprints.json"  # {"probe": ..., "columns": {entity: [column, ...]}}
+LINES = "lines.json"  # {"files": [entity, ...], "seeds": {entity: [seed, seed]}}
 DELTA_MAX_SHARE = 0.2  # above this share of rows not in the base, an entity is written whole
 ORDER = "__src"
 Prints = Fingerprints | Callable[[], Fingerprints | None] | None
@@ -80,12 +90,15 @@ class Reuse:
 
 @dataclass(slots=True)
 class Snapshot:
-    """A loaded snapshot: tables, the fingerprints stored with them, and where each
-    entity's rows are stored (for the next snapshot to reuse)."""
+    """A loaded snapshot: tables, the fingerprints stored with them, where each entity's
+    rows are stored (for the next snapshot to reuse), and the rows' line prints."""
 
     tables: dict[str, pl.DataFrame]
     fingerprints: dict[str, Fingerprints]
     origins: dict[str, Origin]
+    lines: dict[str, pl.DataFrame] = field(default_factory=dict)  # entity -> L1, L2 per row
+    seeds: dict[str, tuple[int, int]] = field(default_factory=dict)  # what they are seeded with
+    files: tuple[str, ...] | None = None  # the entity files of the set that made it
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -124,9 +137,8 @@ class SnapshotWriter:
         self.temp = self.final.parent / f".tmp-{set_id}"
         self.busy = 0.0  # seconds the thread spent writing
         self._printed: dict[str, list[str]] = {}  # entity -> columns of its fingerprints
-        self._todo: queue.Queue[tuple[str, pl.DataFrame, Prints, Reuse | None] | None] = (
-            queue.Queue()
-        )
+        self._lines: dict[str, Any] | None = None  # what lines.json says
+        self._todo: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingestd-snapshot", daemon=True)
@@ -138,11 +150,25 @@ class SnapshotWriter:
         frame: pl.DataFrame,
         fingerprints: Prints = None,
         reuse: Reuse | None = None,
+        lines: pl.DataFrame | None = None,
     ) -> None:
         """Write `frame` as the entity's file; `fingerprints` (or a function giving them,
         called in the writer's thread) are stored with it. With `reuse`, only the rows not
-        in the earlier file are written, if they are few (see the module docstring)."""
-        self._todo.put((entity, frame, fingerprints, reuse))
+        in the earlier file are written, if they are few (see the module docstring).
+        `lines`: the rows' line prints (L1, L2), row for row."""
+        self._todo.put(lambda: self._write(entity, frame, fingerprints, reuse, lines))
+
+    def add_assembled(
+        self, entity: str, assembly: StateAssembly, origin: Origin | None = None
+    ) -> None:
+        """Write the state `assembly` builds from the snapshot (`origin`: where the
+        snapshot's rows are stored) and the rows read today; only the rows not in the
+        earlier file are written when they are few."""
+        self._todo.put(lambda: self._write_assembled(entity, assembly, origin))
+
+    def describe_lines(self, files: tuple[str, ...], seeds: dict[str, tuple[int, int]]) -> None:
+        """Record the entity files of the set and the seeds of each entity's line prints."""
+        self._lines = {"files": list(files), "seeds": {e: list(s) for e, s in seeds.items()}}
 
     def finish(self) -> Path:
         """Wait for every file, then put the snapshot in place (raises what writing raised)."""
@@ -155,6 +181,10 @@ class SnapshotWriter:
             about = {"probe": _probe(), "columns": self._printed}
             path = self.temp / FINGERPRINTS
             path.write_text(json.dumps(about, sort_keys=True) + "\n", encoding="utf-8")
+            fsync_path(path)
+        if self._lines is not None:
+            path = self.temp / LINES
+            path.write_text(json.dumps(self._lines, sort_keys=True) + "\n", encoding="utf-8")
             fsync_path(path)
         fsync_path(self.temp)
         if self.final.exists():  # a crashed earlier attempt of this same set
@@ -184,9 +214,9 @@ class SnapshotWriter:
             shutil.rmtree(self.temp, ignore_errors=True)
             self.temp.mkdir()
             self.busy += time.perf_counter() - started
-            while (item := self._todo.get()) is not None:
+            while (work := self._todo.get()) is not None:
                 started = time.perf_counter()
-                self._write(*item)
+                work()
                 self.busy += time.perf_counter() - started
         except BaseException as exc:  # raised by finish()
             self._error = exc
@@ -194,8 +224,15 @@ class SnapshotWriter:
                 pass
 
     def _write(
-        self, entity: str, frame: pl.DataFrame, fingerprints: Prints, reuse: Reuse | None
+        self,
+        entity: str,
+        frame: pl.DataFrame,
+        fingerprints: Prints,
+        reuse: Reuse | None,
+        lines: pl.DataFrame | None,
     ) -> None:
+        if lines is not None and lines.height == frame.height:
+            _write_parquet(lines.select(L1, L2), self.temp / f"{entity}.lines.parquet")
         prints = fingerprints() if callable(fingerprints) else fingerprints
         printed: tuple[str, ...] | None = None
         if prints is not None and prints.hashes.height == frame.height:
@@ -222,6 +259,17 @@ class SnapshotWriter:
             or origin.base_rows + frame.height >= 2**32
         ):
             return False
+        return self._write_linked(entity, origin, base_row, lambda fresh: frame.filter(fresh))
+
+    def _write_linked(
+        self,
+        entity: str,
+        origin: Origin,
+        base_row: pl.Series,
+        fresh_rows: Callable[[pl.Series], pl.DataFrame],
+    ) -> bool:
+        """The entity as a hard link to its base, the rows not in it (`fresh_rows` of the
+        mask of those rows) and the order; False (nothing written) without hard links."""
         try:
             os.link(origin.base, self.temp / f"{entity}.base.parquet")
         except OSError:
@@ -234,9 +282,29 @@ class SnapshotWriter:
             .cast(pl.UInt32)
             .alias(ORDER)
         )
-        _write_parquet(frame.filter(fresh), self.temp / f"{entity}.delta.parquet")
+        _write_parquet(fresh_rows(fresh), self.temp / f"{entity}.delta.parquet")
         _write_parquet(order, self.temp / f"{entity}.order.parquet")
         return True
+
+    def _write_assembled(self, entity: str, assembly: StateAssembly, origin: Origin | None) -> None:
+        _write_parquet(assembly.lines.select(L1, L2), self.temp / f"{entity}.lines.parquet")
+        pieces, printed = assembly.pieces()
+        source = assembly.source()
+        if printed is not None:
+            self._printed[entity] = list(printed)
+        if (
+            origin is not None
+            and printed is not None
+            and origin.printed == printed
+            and origin.columns == tuple(pieces.columns)
+            and origin.base_rows + assembly.height < 2**32
+        ):
+            base_row = origin.rows_in_base(assembly.old_row)
+            if base_row.null_count() <= DELTA_MAX_SHARE * assembly.height and self._write_linked(
+                entity, origin, base_row, lambda fresh: pieces[source.filter(fresh)]
+            ):
+                return
+        _write_parquet(pieces[source], self.temp / f"{entity}.parquet")
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -267,6 +335,8 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
         return snapshot
     folder = snapshot_dir(state_dir, tenant, set_id)
     printed = _fingerprint_columns(folder)
+    files, seeds = _line_seeds(folder)
+    snapshot.files = files
     for entity in spec.ENTITY_NAMES:
         loaded = _read_entity(folder, entity)
         if loaded is None:
@@ -277,7 +347,24 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
             snapshot.fingerprints[entity] = Fingerprints(trusted, frame.select(H1, H2))
         snapshot.origins[entity] = replace(origin, printed=trusted)
         snapshot.tables[entity] = frame.drop(H1, H2, strict=False)
+        lines = folder / f"{entity}.lines.parquet"
+        if entity in seeds and lines.exists():
+            prints = pl.read_parquet(lines)
+            if prints.height == frame.height and prints.columns == [L1, L2]:
+                snapshot.lines[entity] = prints
+                snapshot.seeds[entity] = seeds[entity]
     return snapshot
+
+
+def _line_seeds(folder: Path) -> tuple[tuple[str, ...] | None, dict[str, tuple[int, int]]]:
+    """What lines.json says: the entity files of the set, and each entity's seeds."""
+    try:
+        about = json.loads((folder / LINES).read_text(encoding="utf-8"))
+        files = tuple(str(e) for e in about["files"])
+        seeds = {str(e): (int(s[0]), int(s[1])) for e, s in about["seeds"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None, {}
+    return files, seeds
 
 
 def _read_entity(folder: Path, entity: str) -> tuple[pl.DataFrame, Origin] | None:

@@ -950,7 +950,8 @@ def test_snapshots_without_fingerprints_from_an_older_ingestd_diff_the_same(
             assert about["columns"]["users"][0] == "sourcedId"
             if variant == "without":  # as ingestd wrote them before fingerprints
                 for path in folder.glob("*.parquet"):
-                    pl.read_parquet(path).drop("__h1", "__h2").write_parquet(path)
+                    if not path.name.endswith(".lines.parquet"):
+                        pl.read_parquet(path).drop("__h1", "__h2").write_parquet(path)
                 assert load_snapshot(state, TENANT, first.set_id)[1] == {}
             snap = read_snapshot(state, TENANT, first.set_id)
             assert "__h1" not in snap["users"].columns

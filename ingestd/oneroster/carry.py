@@ -1,0 +1,196 @@
+"""Read a set against the tenant's last accepted state: only the lines that changed are
+parsed and checked.
+
+A daily export repeats most of yesterday's lines byte for byte. Each line of the
+new file is hashed (its line prints, `lineprints.py`, seeded by the header and
+the rules). A line whose prints are those of a row of the last accepted state
+that had nothing to report *is* that row: it is carried, not parsed. The other
+lines are read and checked as a file of their own would be (same reader, same
+rules, their own line numbers), and the rules between rows are completed for
+the carried ones:
+
+- duplicate ids: no changed row may have the id of a carried row;
+- references: the carried rows are good targets; and no carried row may point
+  to a row that was good in the last state and is not today.
+
+Whenever the outcome could differ from reading the set whole (a changed line
+with a problem of its own, a changed header, a file more or less than last
+time, a delta file, a carried row hit by today's changes, ...) `NotCarried` is
+raised and the caller reads the set whole. So the report, the tables and the
+diff are those of a whole read, by construction or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import polars as pl
+
+from ingestd.oneroster import spec
+from ingestd.oneroster.archive import Entry
+from ingestd.oneroster.csvfile import LINE, RawTable, read_table
+from ingestd.oneroster.lineprints import (
+    L1,
+    L2,
+    CarriedRows,
+    NotCarried,
+    body_lines,
+    header_line,
+    line_seeds,
+    prints_of,
+)
+from ingestd.oneroster.reader import read_set
+from ingestd.oneroster.report import Report
+from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_raw
+
+__all__ = ["CARRIABLE", "NotCarried", "Prior", "PriorEntity", "validate_carried"]
+
+# Entities whose rows can be carried: not those checked for parent cycles (orgs,
+# academicSessions: small, and a cycle involves rows that did not change).
+CARRIABLE = tuple(
+    e for e in spec.ENTITY_NAMES if not any(r.entity == e and r.no_cycles for r in spec.REFERENCES)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorEntity:
+    """One entity of the last accepted state: its rows and their line prints."""
+
+    rows: pl.DataFrame
+    prints: pl.DataFrame  # L1, L2 row for row with `rows`; null where a row has none
+    seeds: tuple[int, int]  # what the prints were seeded with
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """The last accepted state, as far as reading the next set against it needs."""
+
+    tables: dict[str, pl.DataFrame]  # every entity of the state
+    printed: dict[str, PriorEntity]  # the entities whose rows have line prints
+    files: tuple[str, ...]  # the entity files of the set that made the state
+
+
+def validate_carried(
+    path: Path,
+    policy: ValidationPolicy,
+    prior: Prior,
+    carry: Collection[str] = CARRIABLE,
+    progress: Callable[[str], None] | None = None,
+) -> ValidatedSet:
+    """Read and validate the set at `path` against `prior`, carrying the unchanged rows of
+    the entities in `carry`; raises NotCarried when the set must be read whole."""
+    report = Report(source=str(path), max_examples=policy.max_examples)
+
+    def read(entry: Entry, entity: str, report: Report) -> RawTable | None:
+        printed = prior.printed.get(entity)
+        if printed is None or entity not in carry or entity not in CARRIABLE:
+            return read_table(entry.load(), entity, entry.name, report, prints=True)
+        return _read_carried(entry, entity, printed, report)
+
+    raw = read_set(path, report, policy.limits, progress, read=read)
+    raw.prior = prior.tables
+    raw.prior_entities = prior.files
+    return validate_raw(raw, report, policy, progress)
+
+
+def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report) -> RawTable:
+    """The file's changed lines read as a file of their own, what the reader says of them
+    told with their line numbers in the file; its unchanged lines are the prior rows they
+    are. A file of a folder is read by polars from disk (mapped, not copied)."""
+    name = entry.name
+    if entry.path is not None:
+        source: bytes | Path = entry.path
+        head, ends_with_newline = _ends(entry.path)
+    else:
+        source = entry.load()
+        head, ends_with_newline = source, source.endswith(b"\n")
+    header = header_line(head)
+    seeds = line_seeds(header)
+    if seeds != prior.seeds:
+        raise NotCarried("another header (or other rules) than the last accepted file")
+    lines = body_lines(source)
+    if lines is None or lines.is_empty() or prior.rows.height >= 2**32 - 1:
+        raise NotCarried("the lines cannot be split as the reader splits them")
+    prints = prints_of(lines, seeds)
+    # Joined on the first print alone (one integer key joins fastest), then both compared.
+    known = prior.prints.select(
+        L1, pl.col(L2).alias("__k2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__o")
+    ).drop_nulls()
+    found = prints.join(known, on=L1, how="left", maintain_order="left")
+    if found.height != lines.len():
+        raise NotCarried("a first line print repeated in the state")
+    origin = found.select(pl.when(pl.col(L2) == pl.col("__k2")).then("__o")).to_series()
+    taken = pl.repeat(False, prior.rows.height, eager=True).scatter(origin.drop_nulls(), True)
+    if taken.sum() != origin.count():
+        raise NotCarried("a line repeated in the file")
+    changed_at = origin.is_null().arg_true()
+    try:
+        header_text = header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotCarried("the header is not UTF-8") from exc
+    last_changed = changed_at.len() and changed_at[-1] == lines.len() - 1
+    ends = b"" if last_changed and not ends_with_newline else b"\n"
+    body = lines.gather(changed_at).str.join("\n").item() if changed_at.len() else ""
+    own = (header_text + ("\n" + body if changed_at.len() else "")).encode() + ends
+    scratch = Report(source=name, max_examples=report.max_examples)
+    table = read_table(own, entity, name, scratch)
+    if table is None or scratch.rejected:
+        raise NotCarried("a changed line makes the file unreadable")
+    at = (changed_at + 2).cast(pl.UInt32)  # per line of `own` after its header, its LINE
+
+    def line_of(own_line: int) -> int:
+        return int(at[own_line - 2])
+
+    for issue in scratch.issues:
+        report.issues.append(
+            issue if issue.line is None else replace(issue, line=line_of(issue.line))
+        )
+    for key, n in scratch.counts.items():
+        report.counts[key] = report.counts.get(key, 0) + n
+    frame = table.frame.with_columns(at.gather(table.frame[LINE].cast(pl.Int64) - 2).alias(LINE))
+    fixed = table.fixed_lines
+    if fixed is not None:
+        fixed = at.gather(fixed.cast(pl.Int64) - 2)
+    carried_ids = prior.rows.select(pl.col("sourcedId").filter(pl.lit(taken)).hash())
+    clash = frame.select(
+        pl.col("sourcedId").hash().is_in(carried_ids.to_series().implode()).any()
+    ).item()
+    if clash:
+        raise NotCarried("a changed row has the sourcedId of an unchanged one")
+    kept_at = origin.is_not_null()
+    carried = CarriedRows(
+        prior=prior.rows,
+        prior_rows=origin.drop_nulls(),
+        lines=(kept_at.arg_true() + 2).cast(pl.UInt32),
+        taken=taken,
+        prints=prints.filter(kept_at),
+    )
+    blank = changed_at.len() - table.data_lines  # blank lines are never carried
+    return RawTable(
+        entity,
+        name,
+        table.header,
+        frame,
+        lines.len() - blank,
+        table.dropped_lines,
+        fixed,
+        prints=prints,
+        seeds=seeds,
+        carried=carried,
+    )
+
+
+def _ends(path: Path) -> tuple[bytes, bool]:
+    """The start of a file (its whole first line, if it has one) and whether it ends with
+    a line feed."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+        while b"\n" not in head and (more := f.read(1 << 20)):
+            head += more
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return head, False
+        f.seek(-1, 2)
+        return head, f.read(1) == b"\n"
