@@ -59,8 +59,16 @@ class PriorEntity:
     """One entity of the last accepted state: its rows and their line prints."""
 
     rows: pl.DataFrame
-    prints: pl.DataFrame  # L1, L2 row for row with `rows`; null where a row has none
+    known: pl.DataFrame  # L1, "__k2" (L2), "__o" (the row): the rows that have prints
     seeds: tuple[int, int]  # what the prints were seeded with
+
+    @classmethod
+    def of(cls, rows: pl.DataFrame, prints: pl.DataFrame, seeds: tuple[int, int]) -> PriorEntity:
+        """The entity with `prints` (L1, L2 row for row with `rows`; null: none)."""
+        known = prints.select(
+            L1, pl.col(L2).alias("__k2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__o")
+        ).drop_nulls()
+        return cls(rows, known, seeds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +123,7 @@ def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report)
         raise NotCarried("the lines cannot be split as the reader splits them")
     prints = prints_of(lines, seeds)
     # Joined on the first print alone (one integer key joins fastest), then both compared.
-    known = prior.prints.select(
-        L1, pl.col(L2).alias("__k2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__o")
-    ).drop_nulls()
-    found = prints.join(known, on=L1, how="left", maintain_order="left")
+    found = prints.join(prior.known, on=L1, how="left", maintain_order="left")
     if found.height != lines.len():
         raise NotCarried("a first line print repeated in the state")
     origin = found.select(pl.when(pl.col(L2) == pl.col("__k2")).then("__o")).to_series()
@@ -153,10 +158,13 @@ def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report)
     fixed = table.fixed_lines
     if fixed is not None:
         fixed = at.gather(fixed.cast(pl.Int64) - 2)
-    carried_ids = prior.rows.select(pl.col("sourcedId").filter(pl.lit(taken)).hash())
-    clash = frame.select(
-        pl.col("sourcedId").hash().is_in(carried_ids.to_series().implode()).any()
-    ).item()
+    clash = (
+        prior.rows.select(
+            (pl.col("sourcedId").is_in(frame["sourcedId"].implode()) & pl.lit(taken)).any()
+        ).item()
+        if frame.height
+        else False
+    )
     if clash:
         raise NotCarried("a changed row has the sourcedId of an unchanged one")
     kept_at = origin.is_not_null()

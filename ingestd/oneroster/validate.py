@@ -21,7 +21,7 @@ from ingestd.oneroster.lineprints import L1, L2, CarriedRows, NotCarried
 from ingestd.oneroster.reader import LINE, RawSet, RawTable, ReadLimits, read_set
 from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
-from ingestd.oneroster.rules import Check, duplicates, items, value_checks
+from ingestd.oneroster.rules import Check, duplicates, value_checks
 
 # Header-only files of these entities are what a broken bulk export looks like.
 _MUST_HAVE_ROWS = ("orgs", "users")
@@ -105,9 +105,9 @@ def validate_raw(
             continue
         frame, dropped = checked
         all_ids[entity] = table.frame.select(LINE, "sourcedId")
-        if table.carried is not None:
-            carried_ids = pl.DataFrame(
-                {LINE: table.carried.lines, "sourcedId": table.carried.ids()["sourcedId"]}
+        if table.carried is not None:  # their ids (LINE unknown here: not needed)
+            carried_ids = table.carried.ids().select(
+                pl.lit(None, pl.UInt32).alias(LINE), "sourcedId"
             )
             all_ids[entity] = pl.concat([all_ids[entity], carried_ids])
         frames[entity] = frame
@@ -125,10 +125,14 @@ def validate_raw(
             entity, frames, all_ids, tables, report, modes, noisy[entity], carried
         )
         dropped_counts[entity] += lost
+        # A row dropped by this very check may be the target of a carried row of the same
+        # entity (users' agents): that row would have to be reported too.
         if (
             entity in carried
-            and _carried_hits(entity, carried[entity], frames, carried, raw.prior) is not None
-        ):  # a row dropped by this very check is the target of a carried row
+            and lost
+            and _carried_hits(entity, carried[entity], frames, carried, raw.prior, entity)
+            is not None
+        ):
             raise NotCarried(f"a carried row of {entity} points to a row dropped today")
     for entity, frame in frames.items():
         table = tables[entity]
@@ -178,13 +182,14 @@ def _carried_hits(
     frames: dict[str, pl.DataFrame],
     carried: dict[str, CarriedRows],
     prior: dict[str, pl.DataFrame] | None,
+    target: str | None = None,
 ) -> pl.Series | None:
     """Per row of the last accepted state (`rows.prior`): True where it is carried today
-    and points to a row that was good in that state and is not today (gone, dropped, of
-    another type); None when there is none."""
+    and points to a row (of `target`, if given) that was good in that state and is not
+    today (gone, dropped, of another type); None when there is none."""
     hit: pl.Series | None = None
     for ref in (r for r in spec.REFERENCES if r.entity == entity):
-        if ref.target not in frames:
+        if ref.target not in frames or target not in (None, ref.target):
             continue
         target_rows = carried.get(ref.target)
         before = prior.get(ref.target) if prior is not None else None
@@ -203,14 +208,16 @@ def _carried_hits(
             continue
         gone = lost["sourcedId"].implode()
         column = spec.ENTITY_BY_NAME[entity].column(ref.column)
-        if column.is_list:
+        if column.is_list:  # item by item (trimmed, as the reference check reads them)
+            item = pl.col("item")
+            spaced = rows.prior.select(pl.col(ref.column).str.contains(r"\s").any()).item()
             pointing = (
                 rows.prior.select(
                     pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"),
-                    item=items(pl.col(ref.column)),
+                    item=pl.col(ref.column).str.split(","),
                 )
                 .explode("item")
-                .filter(pl.col("item").is_in(gone))["i"]
+                .filter((item.str.strip_chars() if spaced else item).is_in(gone))["i"]
             )
             mask = pl.repeat(False, rows.prior.height, eager=True).scatter(pointing, True)
         else:

@@ -36,18 +36,20 @@ class StateAssembly:
         """Rows of the whole state."""
         return self.old_row.len()
 
-    def source(self) -> pl.Series:
-        """Per state row, its row in `pieces()`: a snapshot row, or after them a part row."""
+    def source(self, rows: pl.Series | None = None) -> pl.Series:
+        """Per state row (of those where the mask `rows` is True), its row in `pieces()`:
+        a snapshot row, or after them a part row."""
+        old, part = self.old_row, self.part_row
+        if rows is not None:
+            old, part = old.filter(rows), part.filter(rows)
         return pl.select(
-            pl.coalesce(
-                pl.lit(self.old_row).cast(pl.Int64),
-                pl.lit(self.part_row).cast(pl.Int64) + self.prior.height,
-            )
+            pl.coalesce(pl.lit(old).cast(pl.Int64), pl.lit(part).cast(pl.Int64) + self.prior.height)
         ).to_series()
 
-    def pieces(self) -> tuple[pl.DataFrame, tuple[str, ...] | None]:
+    def pieces(self, *, rechunk: bool = True) -> tuple[pl.DataFrame, tuple[str, ...] | None]:
         """The snapshot's rows followed by the part's, with their fingerprints (H1, H2)
-        when both sides have them over the same columns; and those columns."""
+        when both sides have them over the same columns; and those columns. `rechunk`:
+        as one chunk (a whole gather from it is twice as fast; a sparse one needs none)."""
         mine = self.part.state_fingerprints()
         theirs = self.prior_fingerprints
         if (
@@ -56,14 +58,14 @@ class StateAssembly:
             or mine.columns != theirs.columns
             or theirs.hashes.height != self.prior.height
         ):
-            return pl.concat([self.prior, self.part.state], rechunk=True), None
+            return pl.concat([self.prior, self.part.state], rechunk=rechunk), None
         return (
             pl.concat(
                 [
                     pl.concat([self.prior, theirs.hashes.select(H1, H2)], how="horizontal"),
                     pl.concat([self.part.state, mine.hashes.select(H1, H2)], how="horizontal"),
                 ],
-                rechunk=True,
+                rechunk=rechunk,
             ),
             mine.columns,
         )

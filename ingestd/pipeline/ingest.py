@@ -131,17 +131,37 @@ class Pipeline:
         self.policy = policy or (lambda tenant: TenantPolicy())
         self.checkpoint_after_set = checkpoint_after_set
         self._timings: dict[str, float] = {}
+        self._preloaded: tuple[str, str, _Background[Snapshot | None]] | None = None
 
     # --- entry points ----------------------------------------------------------------------
 
     def ingest_path(self, tenant: str, path: Path, source: str = "cli") -> SetOutcome:
-        """Copy a set from disk (folder or zip) into the state dir and process it."""
+        """Copy a set from disk (folder or zip) into the state dir and process it. The
+        tenant's current snapshot is read while the set is copied."""
         started = time.perf_counter()
-        set_id, _, digest = sets.claim_copy(self.state_dir, tenant, path)
-        claimed = time.perf_counter() - started
-        outcome = self.process_claimed(tenant, set_id, digest, source)
+        current = self.store.snapshot_of(tenant)
+        if current is not None:
+            preload = _Background(
+                lambda: self._read_snapshot_quietly(tenant, current), "ingestd-snapshot-read"
+            )
+            self._preloaded = (tenant, current, preload)
+        try:
+            set_id, _, digest = sets.claim_copy(self.state_dir, tenant, path)
+            claimed = time.perf_counter() - started
+            outcome = self.process_claimed(tenant, set_id, digest, source)
+        finally:
+            if current is not None:
+                preload.join()
+            self._preloaded = None
         outcome.timings = {"claim": claimed, **outcome.timings}
         return outcome
+
+    def _read_snapshot_quietly(self, tenant: str, set_id: str) -> Snapshot | None:
+        """The snapshot, or None if it cannot be read now (read again, loudly, later)."""
+        try:
+            return _with_prior(open_snapshot(self.state_dir, tenant, set_id))
+        except Exception:  # e.g. pruned by another process meanwhile: the set path reads it
+            return None
 
     def process_claimed(self, tenant: str, set_id: str, digest: str, source: str) -> SetOutcome:
         """Record a claimed set folder as received, then process it."""
@@ -283,10 +303,17 @@ class Pipeline:
 
         # The current snapshot is read while the set is validated (the reader thread
         # mostly waits for polars and the disk, and validation leaves a core idle at times).
+        preloaded = self._preloaded
+        self._preloaded = None  # used once, by this set only
+
         def read() -> Snapshot:
             started = time.perf_counter()
             try:
-                return open_snapshot(self.state_dir, tenant, current)
+                if preloaded is not None and preloaded[:2] == (tenant, current):
+                    snapshot = preloaded[2].wait()  # read while the set was copied
+                    if snapshot is not None:
+                        return snapshot
+                return _with_prior(open_snapshot(self.state_dir, tenant, current))
             finally:
                 self._timings["read_snapshot"] = time.perf_counter() - started
 
@@ -331,15 +358,8 @@ class Pipeline:
         prints (only the changed lines are parsed), else (or if that cannot be) whole."""
         path = sets.raw_input(folder)
         if snapshot is not None:
-            old = snapshot.wait()
-            if old.lines and old.files is not None:
-                prior = Prior(
-                    tables=old.tables,
-                    printed={
-                        e: PriorEntity(old.tables[e], old.lines[e], old.seeds[e]) for e in old.lines
-                    },
-                    files=old.files,
-                )
+            prior = snapshot.wait().prior
+            if prior is not None:
                 carry = [e for e in CARRIABLE if not _natural(policy, e)]
                 try:
                     return validate_carried(path, policy.validation, prior, carry)
@@ -510,6 +530,21 @@ class Pipeline:
         path.write_text(result.report.to_json() + "\n", encoding="utf-8")
         (folder / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
         return path
+
+
+def _with_prior(snapshot: Snapshot) -> Snapshot:
+    """The snapshot, with what reading the next set against it needs (when its rows have
+    line prints); built in the thread that reads it."""
+    if snapshot.lines and snapshot.files is not None:
+        snapshot.prior = Prior(
+            tables=snapshot.tables,
+            printed={
+                e: PriorEntity.of(snapshot.tables[e], prints, snapshot.seeds[e])
+                for e, prints in snapshot.lines.items()
+            },
+            files=snapshot.files,
+        )
+    return snapshot
 
 
 def _natural(policy: TenantPolicy, entity: str) -> bool:

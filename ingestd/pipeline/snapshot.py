@@ -99,6 +99,7 @@ class Snapshot:
     lines: dict[str, pl.DataFrame] = field(default_factory=dict)  # entity -> L1, L2 per row
     seeds: dict[str, tuple[int, int]] = field(default_factory=dict)  # what they are seeded with
     files: tuple[str, ...] | None = None  # the entity files of the set that made it
+    prior: Any = None  # what the next set is read against (ingest.py adds it)
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -288,8 +289,7 @@ class SnapshotWriter:
 
     def _write_assembled(self, entity: str, assembly: StateAssembly, origin: Origin | None) -> None:
         _write_parquet(assembly.lines.select(L1, L2), self.temp / f"{entity}.lines.parquet")
-        pieces, printed = assembly.pieces()
-        source = assembly.source()
+        pieces, printed = assembly.pieces(rechunk=False)
         if printed is not None:
             self._printed[entity] = list(printed)
         if (
@@ -301,10 +301,11 @@ class SnapshotWriter:
         ):
             base_row = origin.rows_in_base(assembly.old_row)
             if base_row.null_count() <= DELTA_MAX_SHARE * assembly.height and self._write_linked(
-                entity, origin, base_row, lambda fresh: pieces[source.filter(fresh)]
+                entity, origin, base_row, lambda fresh: pieces[assembly.source(fresh)]
             ):
                 return
-        _write_parquet(pieces[source], self.temp / f"{entity}.parquet")
+        whole = pl.concat([pieces], rechunk=True)[assembly.source()]
+        _write_parquet(whole, self.temp / f"{entity}.parquet")
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
