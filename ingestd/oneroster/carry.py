@@ -23,13 +23,14 @@ diff are those of a whole read, by construction or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
 from ingestd.oneroster import spec
-from ingestd.oneroster.archive import Entry
+from ingestd.oneroster.archive import Entry, classify
 from ingestd.oneroster.csvfile import LINE, RawTable, read_table
 from ingestd.oneroster.lineprints import (
     L1,
@@ -90,30 +91,75 @@ def validate_carried(
     """Read and validate the set at `path` against `prior`, carrying the unchanged rows of
     the entities in `carry`; raises NotCarried when the set must be read whole."""
     report = Report(source=str(path), max_examples=policy.max_examples)
+    carried = {e: p for e, p in prior.printed.items() if e in carry and e in CARRIABLE}
+    # The lines of the largest files are matched in a thread of its own while the others
+    # are read (polars leaves the second core idle part of the time).
+    with ThreadPoolExecutor(1, thread_name_prefix="ingestd-carry") as ahead:
+        early = _match_early(path, carried, ahead)
 
-    def read(entry: Entry, entity: str, report: Report) -> RawTable | None:
-        printed = prior.printed.get(entity)
-        if printed is None or entity not in carry or entity not in CARRIABLE:
-            return read_table(entry.load(), entity, entry.name, report, prints=True)
-        return _read_carried(entry, entity, printed, report)
+        def read(entry: Entry, entity: str, report: Report) -> RawTable | None:
+            printed = carried.get(entity)
+            if printed is None:
+                return read_table(entry.load(), entity, entry.name, report, prints=True)
+            started = early.get(entry.path) if entry.path is not None else None
+            if started is not None and not started.cancel():
+                return _read_changed(entry.name, entity, printed, started.result(), report)
+            return _read_changed(entry.name, entity, printed, _match_entry(entry, printed), report)
 
-    raw = read_set(path, report, policy.limits, progress, read=read)
+        try:
+            raw = read_set(path, report, policy.limits, progress, read=read)
+        finally:
+            for started in early.values():
+                started.cancel()
     raw.prior = prior.tables
     raw.prior_entities = prior.files
     return validate_raw(raw, report, policy, progress)
 
 
-def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report) -> RawTable:
-    """The file's changed lines read as a file of their own, what the reader says of them
-    told with their line numbers in the file; its unchanged lines are the prior rows they
-    are. A file of a folder is read by polars from disk (mapped, not copied)."""
-    name = entry.name
+def _match_early(
+    path: Path, carried: dict[str, PriorEntity], pool: ThreadPoolExecutor
+) -> dict[Path, Future[_Matched]]:
+    """The files of a set folder whose lines are matched in `pool`, largest first."""
+    if not path.is_dir():
+        return {}
+    found = []
+    for file in path.iterdir():
+        kind, entity, _ = classify(file.name)
+        if kind == "entity" and entity in carried and file.is_file() and not file.is_symlink():
+            found.append((file.stat().st_size, file, carried[entity]))
+    found.sort(key=lambda f: f[0], reverse=True)
+    return {file: pool.submit(_match_file, file, printed) for _, file, printed in found}
+
+
+@dataclass(frozen=True, slots=True)
+class _Matched:
+    """A file's lines matched with the prior rows' prints."""
+
+    lines: pl.Series  # every line after the header
+    prints: pl.DataFrame  # their L1, L2
+    origin: pl.Series  # UInt32 per line: the prior row it is, or null (changed)
+    taken: pl.Series  # Boolean per prior row: a line is it
+    own: bytes  # the changed lines as a file of their own (the header first)
+
+
+def _match_entry(entry: Entry, prior: PriorEntity) -> _Matched:
     if entry.path is not None:
-        source: bytes | Path = entry.path
-        head, ends_with_newline = _ends(entry.path)
-    else:
-        source = entry.load()
-        head, ends_with_newline = source, source.endswith(b"\n")
+        return _match_file(entry.path, prior)
+    data = entry.load()
+    return _match(data, data, data.endswith(b"\n"), prior)
+
+
+def _match_file(path: Path, prior: PriorEntity) -> _Matched:
+    """A file of a folder is read by polars from disk (mapped, not copied)."""
+    head, ends_with_newline = _ends(path)
+    return _match(path, head, ends_with_newline, prior)
+
+
+def _match(
+    source: bytes | Path, head: bytes, ends_with_newline: bool, prior: PriorEntity
+) -> _Matched:
+    """Match the lines of a file (its bytes or path; `head`: its first line at least) with
+    the prior rows; raises NotCarried when that cannot be done."""
     header = header_line(head)
     seeds = line_seeds(header)
     if seeds != prior.seeds:
@@ -139,6 +185,23 @@ def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report)
     ends = b"" if last_changed and not ends_with_newline else b"\n"
     body = lines.gather(changed_at).str.join("\n").item() if changed_at.len() else ""
     own = (header_text + ("\n" + body if changed_at.len() else "")).encode() + ends
+    return _Matched(lines, prints, origin, taken, own)
+
+
+def _read_changed(
+    name: str, entity: str, prior: PriorEntity, matched: _Matched, report: Report
+) -> RawTable:
+    """The file's changed lines read as a file of their own, what the reader says of them
+    told with their line numbers in the file; its unchanged lines are the prior rows they
+    are."""
+    lines, prints, origin, taken, own = (
+        matched.lines,
+        matched.prints,
+        matched.origin,
+        matched.taken,
+        matched.own,
+    )
+    changed_at = origin.is_null().arg_true()
     scratch = Report(source=name, max_examples=report.max_examples)
     table = read_table(own, entity, name, scratch)
     if table is None or scratch.rejected:
@@ -185,7 +248,7 @@ def _read_carried(entry: Entry, entity: str, prior: PriorEntity, report: Report)
         table.dropped_lines,
         fixed,
         prints=prints,
-        seeds=seeds,
+        seeds=prior.seeds,
         carried=carried,
     )
 

@@ -23,6 +23,7 @@ from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
 from ingestd.oneroster.rules import Check, duplicates, value_checks
 
+_TARGETS = {r.target for r in spec.REFERENCES}  # entities other rows point to
 # Header-only files of these entities are what a broken bulk export looks like.
 _MUST_HAVE_ROWS = ("orgs", "users")
 
@@ -105,7 +106,7 @@ def validate_raw(
             continue
         frame, dropped = checked
         all_ids[entity] = table.frame.select(LINE, "sourcedId")
-        if table.carried is not None:  # their ids (LINE unknown here: not needed)
+        if table.carried is not None and entity in _TARGETS:  # their ids (no LINE: unused)
             carried_ids = table.carried.ids().select(
                 pl.lit(None, pl.UInt32).alias(LINE), "sourcedId"
             )

@@ -145,7 +145,7 @@ def diff_carried(
             L2: pl.repeat(None, n - live, dtype=pl.UInt64, eager=True),
         }
     )
-    rows = pl.concat([unchanged.merge_sorted(today, key=LINE), kept])
+    rows = pl.concat([pl.concat([unchanged, today]).sort(LINE), kept])
     assembly = StateAssembly(
         prior=prior,
         prior_fingerprints=prior_fingerprints,

@@ -13,7 +13,9 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ingestd.config import validate_tenant_id
 from ingestd.errors import UsageError
@@ -44,12 +46,16 @@ def digest(paths: Iterable[Path], root: Path) -> str:
     """sha256 over the files' names (relative to root) and bytes, in name order."""
     h = hashlib.sha256()
     for path in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(path.stat().st_size.to_bytes(8, "big"))
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        _digest_file(h, path, root)
     return h.hexdigest()
+
+
+def _digest_file(h: Any, path: Path, root: Path) -> None:
+    h.update(path.relative_to(root).as_posix().encode() + b"\0")
+    h.update(path.stat().st_size.to_bytes(8, "big"))
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
 
 
 def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, str]:
@@ -62,22 +68,33 @@ def claim_copy(state_dir: Path, tenant: str, source: Path) -> tuple[str, Path, s
     temp = final.parent / f"{COPYING}{set_id}"  # the source stays: a crash here loses nothing
     raw = temp / RAW
     raw.mkdir(parents=True)
-    if source.is_dir():
-        files = [p for p in sorted(source.iterdir()) if p.is_file()]
-        dirs = [p for p in source.iterdir() if p.is_dir()]
+    files = [p for p in sorted(source.iterdir()) if p.is_file()] if source.is_dir() else []
+    dirs = [p for p in source.iterdir() if p.is_dir()] if source.is_dir() else []
+    # No fsync of the copies: the source stays where it is, and the state that matters
+    # (snapshot, events) is made durable by the commit.
+    if source.is_dir() and not dirs:  # each copy is hashed while the next is made
+        h = hashlib.sha256()
+        with ThreadPoolExecutor(1, thread_name_prefix="ingestd-digest") as hasher:
+            hashed = [hasher.submit(_digest_file, h, _copy(p, raw), raw) for p in files]
+        for done in hashed:
+            done.result()
+        sha = h.hexdigest()
+    else:
         for p in files:
             shutil.copy2(p, raw / p.name)
         for d in dirs:  # a nested folder is reported by the validator, not lost here
             shutil.copytree(d, raw / d.name)
-    else:
-        shutil.copy2(source, raw / source.name)
-    # No fsync of the copies: the source stays where it is, and the state that matters
-    # (snapshot, events) is made durable by the commit.
-    copied = [p for p in raw.rglob("*") if p.is_file()]
-    sha = digest(copied, raw)
+        if not source.is_dir():
+            shutil.copy2(source, raw / source.name)
+        sha = digest([p for p in raw.rglob("*") if p.is_file()], raw)
     os.replace(temp, final)
     fsync_path(final.parent)
     return set_id, final, sha
+
+
+def _copy(path: Path, folder: Path) -> Path:
+    """Copy `path` into `folder` (data and times); the copy's path."""
+    return Path(shutil.copy2(path, folder / path.name))
 
 
 def claim_move(state_dir: Path, tenant: str, files: list[Path]) -> tuple[str, Path, str]:
