@@ -210,23 +210,31 @@ def _carried_hits(
         gone = lost["sourcedId"].implode()
         column = spec.ENTITY_BY_NAME[entity].column(ref.column)
         if column.is_list:  # item by item (trimmed, as the reference check reads them)
-            item = pl.col("item")
-            spaced = rows.prior.select(pl.col(ref.column).str.contains(r"\s").any()).item()
-            pointing = (
-                rows.prior.select(
-                    pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"),
-                    item=pl.col(ref.column).str.split(","),
-                )
-                .explode("item")
-                .filter((item.str.strip_chars() if spaced else item).is_in(gone))["i"]
-            )
-            mask = pl.repeat(False, rows.prior.height, eager=True).scatter(pointing, True)
+            mask = _list_points_to(rows.prior, ref.column, gone)
         else:
             mask = rows.prior.select(pl.col(ref.column).is_in(gone).fill_null(False)).to_series()
         mask = mask & rows.taken
         if mask.any():
             hit = mask if hit is None else hit | mask
     return hit
+
+
+def _list_points_to(frame: pl.DataFrame, column: str, ids: pl.Series) -> pl.Series:
+    """Per row of `frame`: True where an item (trimmed) of the list field `column` is one
+    of `ids` (imploded). Rows of one item are looked up whole; only the others are split."""
+    values = frame.select(pl.col(column).alias("v"))
+    several = values.select(pl.col("v").str.contains(",", literal=True).fill_null(False))
+    mask = values.select(pl.col("v").str.strip_chars().is_in(ids).fill_null(False)).to_series()
+    if not several.to_series().any():
+        return mask
+    pointing = (
+        values.with_row_index("i")
+        .filter(several.to_series())
+        .select("i", item=pl.col("v").str.split(","))
+        .explode("item")
+        .filter(pl.col("item").str.strip_chars().is_in(ids))["i"]
+    )
+    return mask.scatter(pointing, True)
 
 
 def _uncarry(table: RawTable, frame: pl.DataFrame, hit: pl.Series) -> pl.DataFrame:
