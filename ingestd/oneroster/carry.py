@@ -50,6 +50,8 @@ __all__ = ["CARRIABLE", "NotCarried", "Prior", "PriorEntity", "validate_carried"
 
 # Entities whose rows can be carried: not those checked for parent cycles (orgs,
 # academicSessions: small, and a cycle involves rows that did not change).
+_ANCHOR_EVERY = 64  # lines between two lines looked up by binary search first
+
 CARRIABLE = tuple(
     e for e in spec.ENTITY_NAMES if not any(r.entity == e and r.no_cycles for r in spec.REFERENCES)
 )
@@ -60,16 +62,63 @@ class PriorEntity:
     """One entity of the last accepted state: its rows and their line prints."""
 
     rows: pl.DataFrame
-    known: pl.DataFrame  # L1, "__k2" (L2), "__o" (the row): the rows that have prints
+    prints: pl.DataFrame  # L1, L2 row for row with `rows`; null where a row has none
+    known: pl.DataFrame  # L1 (sorted, unique), "__k2" (L2), "__o" (the row): rows with prints
     seeds: tuple[int, int]  # what the prints were seeded with
 
     @classmethod
     def of(cls, rows: pl.DataFrame, prints: pl.DataFrame, seeds: tuple[int, int]) -> PriorEntity:
-        """The entity with `prints` (L1, L2 row for row with `rows`; null: none)."""
-        known = prints.select(
-            L1, pl.col(L2).alias("__k2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__o")
-        ).drop_nulls()
-        return cls(rows, known, seeds)
+        """The entity with `prints` (L1, L2 row for row with `rows`; null: none); raises
+        NotCarried if two rows have the same first print (the same line twice)."""
+        known = (
+            prints.select(
+                L1, pl.col(L2).alias("__k2"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("__o")
+            )
+            .drop_nulls()
+            .sort(L1)
+        )
+        if known.select((pl.col(L1) == pl.col(L1).shift(1)).any()).item():
+            raise NotCarried("a first line print repeated in the state")
+        return cls(rows, prints, known, seeds)
+
+    def locate(self, prints: pl.DataFrame) -> pl.Series:
+        """Per line of a file (its L1, L2 in `prints`), the row with the same prints, or
+        null (UInt32).
+
+        A file mostly repeats the prior lines in their order, so each line is first looked
+        for where the line before it was found (the offset of an anchor line every
+        `_ANCHOR_EVERY` lines, found by binary search in the sorted prints, carried down);
+        the lines not there (changed, moved) are then searched for one by one."""
+        n, m = prints.height, self.prints.height
+        anchors = pl.int_range(0, n, _ANCHOR_EVERY, dtype=pl.UInt32, eager=True)
+        offsets = self._search(prints, anchors).cast(pl.Int64) - anchors.cast(pl.Int64)
+        carried_down = (
+            pl.repeat(None, n, dtype=pl.Int64, eager=True)
+            .scatter(anchors, offsets)
+            .forward_fill()
+            .backward_fill()
+            .fill_null(0)
+        )
+        guess = pl.int_range(n, dtype=pl.Int64, eager=True) + carried_down
+        ok = (guess >= 0) & (guess < m)
+        at = guess.clip(0, max(m - 1, 0)).cast(pl.UInt32)
+        if m:
+            ok = ok & (self.prints[L1].gather(at) == prints[L1])
+            ok = (ok & (self.prints[L2].gather(at) == prints[L2])).fill_null(False)
+        origin = pl.select(pl.when(pl.lit(ok)).then(pl.lit(at))).to_series()
+        misses = (~ok).arg_true()
+        if misses.len():
+            origin = origin.scatter(misses, self._search(prints, misses))
+        return origin
+
+    def _search(self, prints: pl.DataFrame, at: pl.Series) -> pl.Series:
+        """The rows (UInt32, null: none) with the prints of lines `at`, by binary search."""
+        if self.known.is_empty() or at.is_empty():
+            return pl.repeat(None, at.len(), dtype=pl.UInt32, eager=True)
+        l1, l2 = prints[L1].gather(at), prints[L2].gather(at)
+        j = self.known[L1].search_sorted(l1, side="left").clip(0, self.known.height - 1)
+        hit = (self.known[L1].gather(j) == l1) & (self.known["__k2"].gather(j) == l2)
+        return pl.select(pl.when(pl.lit(hit)).then(pl.lit(self.known["__o"].gather(j)))).to_series()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +217,7 @@ def _match(
     if lines is None or lines.is_empty() or prior.rows.height >= 2**32 - 1:
         raise NotCarried("the lines cannot be split as the reader splits them")
     prints = prints_of(lines, seeds)
-    # Joined on the first print alone (one integer key joins fastest), then both compared.
-    found = prints.join(prior.known, on=L1, how="left", maintain_order="left")
-    if found.height != lines.len():
-        raise NotCarried("a first line print repeated in the state")
-    origin = found.select(pl.when(pl.col(L2) == pl.col("__k2")).then("__o")).to_series()
+    origin = prior.locate(prints)
     taken = pl.repeat(False, prior.rows.height, eager=True).scatter(origin.drop_nulls(), True)
     if taken.sum() != origin.count():
         raise NotCarried("a line repeated in the file")

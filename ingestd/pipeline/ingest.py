@@ -536,14 +536,13 @@ def _with_prior(snapshot: Snapshot) -> Snapshot:
     """The snapshot, with what reading the next set against it needs (when its rows have
     line prints); built in the thread that reads it."""
     if snapshot.lines and snapshot.files is not None:
-        snapshot.prior = Prior(
-            tables=snapshot.tables,
-            printed={
-                e: PriorEntity.of(snapshot.tables[e], prints, snapshot.seeds[e])
-                for e, prints in snapshot.lines.items()
-            },
-            files=snapshot.files,
-        )
+        printed = {}
+        for entity, prints in snapshot.lines.items():
+            with contextlib.suppress(NotCarried):  # if so, the entity is read whole
+                printed[entity] = PriorEntity.of(
+                    snapshot.tables[entity], prints, snapshot.seeds[entity]
+                )
+        snapshot.prior = Prior(tables=snapshot.tables, printed=printed, files=snapshot.files)
     return snapshot
 
 
