@@ -123,11 +123,23 @@ class PriorEntity:
 
 @dataclass(frozen=True, slots=True)
 class Prior:
-    """The last accepted state, as far as reading the next set against it needs."""
+    """The last accepted state, as far as reading the next set against it needs; it may
+    still be loading (each entity is waited for when it is needed)."""
 
-    tables: dict[str, pl.DataFrame]  # every entity of the state
-    printed: dict[str, PriorEntity]  # the entities whose rows have line prints
+    entities: tuple[str, ...]  # the entities whose rows may have line prints
     files: tuple[str, ...]  # the entity files of the set that made the state
+    printed: Callable[[str], PriorEntity | None]  # an entity with prints (waits for it)
+    tables: Callable[[], dict[str, pl.DataFrame]]  # every entity of the state (waits)
+
+    @classmethod
+    def loaded(
+        cls,
+        tables: dict[str, pl.DataFrame],
+        printed: dict[str, PriorEntity],
+        files: tuple[str, ...],
+    ) -> Prior:
+        """A state already in memory."""
+        return cls(tuple(printed), files, printed.get, lambda: tables)
 
 
 def validate_carried(
@@ -140,14 +152,14 @@ def validate_carried(
     """Read and validate the set at `path` against `prior`, carrying the unchanged rows of
     the entities in `carry`; raises NotCarried when the set must be read whole."""
     report = Report(source=str(path), max_examples=policy.max_examples)
-    carried = {e: p for e, p in prior.printed.items() if e in carry and e in CARRIABLE}
+    carried = {e for e in prior.entities if e in carry and e in CARRIABLE}
     # The lines of the largest files are matched in a thread of its own while the others
     # are read (polars leaves the second core idle part of the time).
     with ThreadPoolExecutor(1, thread_name_prefix="ingestd-carry") as ahead:
-        early = _match_early(path, carried, ahead)
+        early = _match_early(path, carried, prior, ahead)
 
         def read(entry: Entry, entity: str, report: Report) -> RawTable | None:
-            printed = carried.get(entity)
+            printed = prior.printed(entity) if entity in carried else None
             if printed is None:
                 return read_table(entry.load(), entity, entry.name, report, prints=True)
             started = early.get(entry.path) if entry.path is not None else None
@@ -160,13 +172,13 @@ def validate_carried(
         finally:
             for started in early.values():
                 started.cancel()
-    raw.prior = prior.tables
+    raw.prior = prior.tables()
     raw.prior_entities = prior.files
     return validate_raw(raw, report, policy, progress)
 
 
 def _match_early(
-    path: Path, carried: dict[str, PriorEntity], pool: ThreadPoolExecutor
+    path: Path, carried: set[str], prior: Prior, pool: ThreadPoolExecutor
 ) -> dict[Path, Future[_Matched]]:
     """The files of a set folder whose lines are matched in `pool`, largest first."""
     if not path.is_dir():
@@ -175,9 +187,16 @@ def _match_early(
     for file in path.iterdir():
         kind, entity, _ = classify(file.name)
         if kind == "entity" and entity in carried and file.is_file() and not file.is_symlink():
-            found.append((file.stat().st_size, file, carried[entity]))
+            found.append((file.stat().st_size, file, entity))
     found.sort(key=lambda f: f[0], reverse=True)
-    return {file: pool.submit(_match_file, file, printed) for _, file, printed in found}
+    return {file: pool.submit(_match_later, file, entity, prior) for _, file, entity in found}
+
+
+def _match_later(path: Path, entity: str, prior: Prior) -> _Matched:
+    printed = prior.printed(entity)
+    if printed is None:  # not used: the file is read whole
+        raise NotCarried(f"{entity} has no line prints")
+    return _match_file(path, printed)
 
 
 @dataclass(frozen=True, slots=True)

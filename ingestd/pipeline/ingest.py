@@ -33,19 +33,19 @@ from ingestd.events.store import (
 )
 from ingestd.logging import get_logger
 from ingestd.oneroster import spec
-from ingestd.oneroster.carry import CARRIABLE, NotCarried, Prior, PriorEntity, validate_carried
+from ingestd.oneroster.carry import CARRIABLE, NotCarried, validate_carried
 from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
 from ingestd.pipeline.carry import diff_carried
 from ingestd.pipeline.changes import record_events, set_event
 from ingestd.pipeline.diff import NATURAL_KEYS, DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.prior import SnapshotLoading
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
 from ingestd.pipeline.snapshot import (
     Reuse,
     Snapshot,
     SnapshotWriter,
-    open_snapshot,
     prune_snapshots,
 )
 
@@ -131,7 +131,7 @@ class Pipeline:
         self.policy = policy or (lambda tenant: TenantPolicy())
         self.checkpoint_after_set = checkpoint_after_set
         self._timings: dict[str, float] = {}
-        self._preloaded: tuple[str, str, _Background[Snapshot | None]] | None = None
+        self._preloaded: SnapshotLoading | None = None
 
     # --- entry points ----------------------------------------------------------------------
 
@@ -140,28 +140,18 @@ class Pipeline:
         tenant's current snapshot is read while the set is copied."""
         started = time.perf_counter()
         current = self.store.snapshot_of(tenant)
-        if current is not None:
-            preload = _Background(
-                lambda: self._read_snapshot_quietly(tenant, current), "ingestd-snapshot-read"
-            )
-            self._preloaded = (tenant, current, preload)
+        preload = SnapshotLoading(self.state_dir, tenant, current) if current else None
+        self._preloaded = preload
         try:
             set_id, _, digest = sets.claim_copy(self.state_dir, tenant, path)
             claimed = time.perf_counter() - started
             outcome = self.process_claimed(tenant, set_id, digest, source)
         finally:
-            if current is not None:
-                preload.join()
             self._preloaded = None
+            if preload is not None:
+                preload.join()
         outcome.timings = {"claim": claimed, **outcome.timings}
         return outcome
-
-    def _read_snapshot_quietly(self, tenant: str, set_id: str) -> Snapshot | None:
-        """The snapshot, or None if it cannot be read now (read again, loudly, later)."""
-        try:
-            return _with_prior(open_snapshot(self.state_dir, tenant, set_id))
-        except Exception:  # e.g. pruned by another process meanwhile: the set path reads it
-            return None
 
     def process_claimed(self, tenant: str, set_id: str, digest: str, source: str) -> SetOutcome:
         """Record a claimed set folder as received, then process it."""
@@ -301,29 +291,19 @@ class Pipeline:
                 return SetOutcome(set_id, tenant, "duplicate", summary)
         policy = self.policy(tenant)
 
-        # The current snapshot is read while the set is validated (the reader thread
-        # mostly waits for polars and the disk, and validation leaves a core idle at times).
-        preloaded = self._preloaded
+        # The current snapshot is read (entity by entity, in a thread of its own) while the
+        # set is validated; ingest_path starts reading it while the set is copied.
+        reader = self._preloaded
         self._preloaded = None  # used once, by this set only
-
-        def read() -> Snapshot:
-            started = time.perf_counter()
-            try:
-                if preloaded is not None and preloaded[:2] == (tenant, current):
-                    snapshot = preloaded[2].wait()  # read while the set was copied
-                    if snapshot is not None:
-                        return snapshot
-                return _with_prior(open_snapshot(self.state_dir, tenant, current))
-            finally:
-                self._timings["read_snapshot"] = time.perf_counter() - started
-
-        reader = _Background(read, "ingestd-snapshot-read")
+        if reader is None or (reader.tenant, reader.set_id) != (tenant, current):
+            reader = SnapshotLoading(self.state_dir, tenant, current)
         try:
             with self._phase("validate"):
                 result = self._validate(folder, policy, reader if current else None, log)
                 report_path = self._write_report(folder, result)
         finally:
             reader.join()
+            self._timings["read_snapshot"] = reader.seconds
         if not result.accepted:
             summary = self._summary(row, "rejected", result=result, report=report_path)
             summary["reasons"] = _top_errors(result)
@@ -337,7 +317,7 @@ class Pipeline:
             log.info("set.rejected", errors=summary["errors"], report=str(report_path))
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
-        old = reader.wait()
+        old = reader.snapshot()
         # Each entity's new snapshot file is written (in a thread of its own) as soon as
         # its diff is done, while the next entity is diffed and the events are inserted.
         writer = SnapshotWriter(self.state_dir, tenant, set_id)
@@ -351,14 +331,14 @@ class Pipeline:
         self,
         folder: Path,
         policy: TenantPolicy,
-        snapshot: _Background[Snapshot] | None,
+        snapshot: SnapshotLoading | None,
         log: Any,
     ) -> ValidatedSet:
         """Validate the set: read against the current snapshot when its rows have line
         prints (only the changed lines are parsed), else (or if that cannot be) whole."""
         path = sets.raw_input(folder)
         if snapshot is not None:
-            prior = snapshot.wait().prior
+            prior = snapshot.prior()
             if prior is not None:
                 carry = [e for e in CARRIABLE if not _natural(policy, e)]
                 try:
@@ -530,20 +510,6 @@ class Pipeline:
         path.write_text(result.report.to_json() + "\n", encoding="utf-8")
         (folder / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
         return path
-
-
-def _with_prior(snapshot: Snapshot) -> Snapshot:
-    """The snapshot, with what reading the next set against it needs (when its rows have
-    line prints); built in the thread that reads it."""
-    if snapshot.lines and snapshot.files is not None:
-        printed = {}
-        for entity, prints in snapshot.lines.items():
-            with contextlib.suppress(NotCarried):  # if so, the entity is read whole
-                printed[entity] = PriorEntity.of(
-                    snapshot.tables[entity], prints, snapshot.seeds[entity]
-                )
-        snapshot.prior = Prior(tables=snapshot.tables, printed=printed, files=snapshot.files)
-    return snapshot
 
 
 def _natural(policy: TenantPolicy, entity: str) -> bool:

@@ -37,7 +37,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -332,12 +332,24 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
     """A snapshot's tables, trusted fingerprints and origins (empty before the tenant's
     first accepted set)."""
     snapshot = Snapshot({}, {}, {})
+    for _ in load_snapshot_entities(state_dir, tenant, set_id, snapshot):
+        pass
+    return snapshot
+
+
+def load_snapshot_entities(
+    state_dir: Path, tenant: str, set_id: str | None, snapshot: Snapshot
+) -> Iterator[str]:
+    """Fill `snapshot` entity by entity (in spec order), yielding each entity's name once
+    it is in. Before the first entity, `snapshot.files` and `snapshot.seeds` (the entities
+    whose rows have line prints, as lines.json says) are set."""
     if set_id is None:
-        return snapshot
+        return
     folder = snapshot_dir(state_dir, tenant, set_id)
     printed = _fingerprint_columns(folder)
     files, seeds = _line_seeds(folder)
     snapshot.files = files
+    snapshot.seeds = dict(seeds)
     for entity in spec.ENTITY_NAMES:
         loaded = _read_entity(folder, entity)
         if loaded is None:
@@ -349,12 +361,13 @@ def open_snapshot(state_dir: Path, tenant: str, set_id: str | None) -> Snapshot:
         snapshot.origins[entity] = replace(origin, printed=trusted)
         snapshot.tables[entity] = frame.drop(H1, H2, strict=False)
         lines = folder / f"{entity}.lines.parquet"
-        if entity in seeds and lines.exists():
-            prints = pl.read_parquet(lines)
-            if prints.height == frame.height and prints.columns == [L1, L2]:
-                snapshot.lines[entity] = prints
-                snapshot.seeds[entity] = seeds[entity]
-    return snapshot
+        prints = pl.read_parquet(lines) if entity in seeds and lines.exists() else None
+        if prints is not None and prints.height == frame.height and prints.columns == [L1, L2]:
+            snapshot.lines[entity] = prints
+        yield entity
+    for entity in list(snapshot.seeds):
+        if entity not in snapshot.lines:
+            del snapshot.seeds[entity]
 
 
 def _line_seeds(folder: Path) -> tuple[tuple[str, ...] | None, dict[str, tuple[int, int]]]:
