@@ -50,7 +50,7 @@ __all__ = ["CARRIABLE", "NotCarried", "Prior", "PriorEntity", "validate_carried"
 
 # Entities whose rows can be carried: not those checked for parent cycles (orgs,
 # academicSessions: small, and a cycle involves rows that did not change).
-_ANCHOR_EVERY = 64  # lines between two lines looked up by binary search first
+_ANCHOR_EVERY = 16  # lines between two lines looked up by binary search first
 
 CARRIABLE = tuple(
     e for e in spec.ENTITY_NAMES if not any(r.entity == e and r.no_cycles for r in spec.REFERENCES)
