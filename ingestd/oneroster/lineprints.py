@@ -109,7 +109,11 @@ class CarriedRows:
         """Rows of `prior` (UInt32, ascending) that no line of the file is."""
         return (~self.taken).arg_true()
 
-    def ids(self, *columns: str) -> pl.DataFrame:
-        """`columns` (sourcedId first) of the carried rows, in no particular order."""
+    def ids(self, *columns: str, among: pl.Series | None = None) -> pl.DataFrame:
+        """`columns` (sourcedId first) of the carried rows (only those whose sourcedId is
+        `among`, if given), in no particular order."""
         present = [c for c in dict.fromkeys(("sourcedId", *columns)) if c in self.prior.columns]
-        return self.prior.select(pl.col(present).filter(self.taken))
+        keep = pl.lit(self.taken)
+        if among is not None:
+            keep = keep & pl.col("sourcedId").is_in(among.implode())
+        return self.prior.select(pl.col(present).filter(keep))

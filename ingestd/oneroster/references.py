@@ -49,14 +49,19 @@ def check_references(
         severity = Severity.ERROR if required and not delta else Severity.WARNING
         if ref.target == entity and drop is not None:
             target = frame.filter(~drop)
-        if carried is not None and ref.target in carried:
-            more = carried[ref.target].ids("type" if ref.target_type else "sourcedId")
+        col = pl.col(ref.column)
+        if carried is not None and ref.target in carried:  # those of its ids pointed to
+            values = frame.select(col.unique().drop_nulls())
+            if column.is_list:
+                values = values.select(items(col).explode())
+            more = carried[ref.target].ids(
+                "type" if ref.target_type else "sourcedId", among=values.to_series()
+            )
             target = pl.concat([more, target.select(more.columns)])
         good = (
             target if ref.target_type is None else target.filter(pl.col("type") == ref.target_type)
         )
         good_hashes = good.select(pl.col("sourcedId").hash()).to_series().implode()
-        col = pl.col(ref.column)
         if column.is_list:
             distinct = frame.select(col.unique().drop_nulls())
             pairs = (
