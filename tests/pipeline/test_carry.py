@@ -18,6 +18,7 @@ from ingestd.events.store import EventStore
 from ingestd.oneroster.carry import NotCarried, validate_carried
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy
 from ingestd.pipeline import ingest
+from ingestd.pipeline.diff import DiffOptions
 from ingestd.pipeline.ingest import Pipeline, TenantPolicy
 from ingestd.pipeline.snapshot import read_snapshot
 from tests.oneroster.corpus import copy_set, fields, join, read_lines, write_lines
@@ -216,12 +217,15 @@ def next_day(
 # --- the comparison ------------------------------------------------------------------------
 
 
-def run(state: Path, days: list[Path]) -> list[dict[str, Any]]:
+def run(state: Path, days: list[Path], natural_key: bool = False) -> list[dict[str, Any]]:
     """Ingest the days in order; per day what a person or consumer can see of it."""
     seen = []
     with EventStore.open(state) as store:
         # Days add up errors (each stays until fixed): let them, so most days are accepted.
-        lenient = TenantPolicy(validation=ValidationPolicy(max_invalid_rows_percent=25.0))
+        lenient = TenantPolicy(
+            validation=ValidationPolicy(max_invalid_rows_percent=25.0),
+            diff=DiffOptions(natural_key=natural_key),
+        )
         pipeline = Pipeline(state, store, lambda tenant: lenient)
         for day in days:
             mark = store.last_event_id()
@@ -249,11 +253,19 @@ def run(state: Path, days: list[Path]) -> list[dict[str, Any]]:
     return seen
 
 
-@pytest.mark.parametrize("seed", [20261129, int(os.environ.get("CARRY_SEED", "3"))])
+@pytest.mark.parametrize(
+    ("seed", "natural_key"),
+    [
+        (20261129, False),
+        (int(os.environ.get("CARRY_SEED", "3")), False),
+        (int(os.environ.get("CARRY_SEED", "5")), True),
+    ],
+)
 def test_reading_against_the_snapshot_decides_as_reading_whole(
-    seed: int, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seed: int, natural_key: bool, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CARRY_SEED=n picks the second run's seed (to explore more days by hand)."""
+    """CARRY_SEED=n picks the second run's seed (to explore more days by hand). With the
+    natural key, enrollments are read whole beside carried users and classes."""
     rng = random.Random(seed)
     days = [copy_set(base, tmp_path / "day1")]
     for n in range(2, 13):
@@ -273,7 +285,7 @@ def test_reading_against_the_snapshot_decides_as_reading_whole(
         return result
 
     monkeypatch.setattr(ingest, "validate_carried", counting)
-    with_carry = run(tmp_path / "carry", days)
+    with_carry = run(tmp_path / "carry", days, natural_key)
     assert len(carried) == len(days) - 1, carried  # every day after the first tried it
     assert sum(1 for n in carried if n is not None and n > 1000) >= 7, carried
     assert None in carried, carried  # and some day could not be carried
@@ -282,7 +294,7 @@ def test_reading_against_the_snapshot_decides_as_reading_whole(
         raise NotCarried("this run reads every set whole")
 
     monkeypatch.setattr(ingest, "validate_carried", never)
-    whole_read = run(tmp_path / "whole", days)
+    whole_read = run(tmp_path / "whole", days, natural_key)
 
     statuses = [d["status"] for d in whole_read]
     assert statuses.count("accepted") >= 9, statuses  # the days test what they should
