@@ -1,4 +1,5 @@
-"""Spike: the floor of a change ingest that never builds the whole tables (issue 3's next step).
+"""Spike: the floor of a change ingest that never builds the whole tables (what the carried
+read, ingestd/oneroster/carry.py, was built on; kept to compare it with that floor).
 
     python bench/change_floor.py [--dir bench/out/ingest] [--students 100000] [--runs 3]
 

@@ -24,9 +24,15 @@ from ingestd.oneroster.csvfile import BOM, physical_lines
 
 L1, L2 = "__l1", "__l2"  # a row's line prints (UInt64; null: the row has none)
 
-# The modules whose code decides what a line reads as, and whether it is valid and quiet.
-_RULE_MODULES = ("carry.py", "csvfile.py", "lineprints.py", "reader.py", "references.py")
-_RULE_MODULES += ("report.py", "rules.py", "spec.py", "validate.py")
+# The modules whose code decides what a line reads as, whether it is valid and quiet, and
+# what its row is in the state (the diff's alignment); their source is read, not imported.
+_RULE_MODULES = [
+    ("ingestd.oneroster", m)
+    for m in ("carry.py", "csvfile.py", "lineprints.py", "reader.py", "references.py")
+]
+_RULE_MODULES += [("ingestd.oneroster", m) for m in ("report.py", "rules.py", "spec.py")]
+_RULE_MODULES += [("ingestd.oneroster", "validate.py"), ("ingestd.pipeline", "diff.py")]
+_RULE_MODULES += [("ingestd.pipeline", "carry.py")]
 
 
 @cache
@@ -38,12 +44,12 @@ def rules_fingerprint() -> bytes:
             digest.update(f"{name}={metadata.version(name)};".encode())
         except metadata.PackageNotFoundError:
             digest.update(f"{name}=?;".encode())
-    package = resources.files("ingestd.oneroster")
-    for module in _RULE_MODULES:
+    for package, module in _RULE_MODULES:
+        name = f"{package}/{module}".encode()
         try:
-            digest.update(module.encode() + b"\0" + package.joinpath(module).read_bytes())
-        except OSError:
-            digest.update(module.encode() + b"\0?")
+            digest.update(name + b"\0" + resources.files(package).joinpath(module).read_bytes())
+        except (OSError, ModuleNotFoundError):
+            digest.update(name + b"\0?")
     return digest.digest()
 
 
