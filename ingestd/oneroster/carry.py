@@ -44,7 +44,7 @@ from ingestd.oneroster.lineprints import (
 )
 from ingestd.oneroster.reader import read_set
 from ingestd.oneroster.report import Report
-from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_raw
+from ingestd.oneroster.validate import OnReady, ValidatedSet, ValidationPolicy, validate_raw
 
 __all__ = ["CARRIABLE", "NotCarried", "Prior", "PriorEntity", "validate_carried"]
 
@@ -148,6 +148,7 @@ def validate_carried(
     prior: Prior,
     carry: Collection[str] = CARRIABLE,
     progress: Callable[[str], None] | None = None,
+    on_ready: OnReady | None = None,
 ) -> ValidatedSet:
     """Read and validate the set at `path` against `prior`, carrying the unchanged rows of
     the entities in `carry`; raises NotCarried when the set must be read whole."""
@@ -174,7 +175,7 @@ def validate_carried(
                 started.cancel()
     raw.prior = prior.tables()
     raw.prior_entities = prior.files
-    return validate_raw(raw, report, policy, progress)
+    return validate_raw(raw, report, policy, progress, on_ready)
 
 
 def _match_early(

@@ -23,6 +23,7 @@ from ingestd.oneroster.references import check_references
 from ingestd.oneroster.report import Report, Severity, excerpt
 from ingestd.oneroster.rules import Check, duplicates, value_checks
 
+OnReady = Callable[["ValidatedSet", str], None]  # (the result so far, an entity now final)
 _TARGETS = {r.target for r in spec.REFERENCES}  # entities other rows point to
 # Header-only files of these entities are what a broken bulk export looks like.
 _MUST_HAVE_ROWS = ("orgs", "users")
@@ -68,13 +69,15 @@ def validate_set(
     progress: Callable[[str], None] | None = None,
     *,
     prints: bool = False,
+    on_ready: OnReady | None = None,
 ) -> ValidatedSet:
     """Read and validate the set at `path` (directory or zip); `prints`: with the line
-    prints of the rows (for the next set to be read against this one)."""
+    prints of the rows (for the next set to be read against this one). `on_ready`: see
+    validate_raw."""
     policy = policy or ValidationPolicy()
     report = Report(source=str(path), max_examples=policy.max_examples)
     raw = read_set(path, report, policy.limits, progress, prints=prints)
-    return validate_raw(raw, report, policy, progress)
+    return validate_raw(raw, report, policy, progress, on_ready)
 
 
 def validate_raw(
@@ -82,8 +85,12 @@ def validate_raw(
     report: Report,
     policy: ValidationPolicy,
     progress: Callable[[str], None] | None = None,
+    on_ready: OnReady | None = None,
 ) -> ValidatedSet:
-    """Validate what the reader found; the report gets every issue."""
+    """Validate what the reader found; the report gets every issue. `on_ready(result,
+    entity)` is called as soon as an entity's outputs in `result` are final (its table,
+    prints, dropped rows), before the other entities are done and before it is known
+    whether the set is accepted."""
     progress = progress or _quiet
     out = ValidatedSet(report=report, other_files=list(raw.other_files))
     if report.rejected and not raw.tables:
@@ -135,7 +142,11 @@ def validate_raw(
             is not None
         ):
             raise NotCarried(f"a carried row of {entity} points to a row dropped today")
-    for entity, frame in frames.items():
+        _outputs(out, entity, tables[entity], frames[entity], dropped_counts[entity], modes)
+        _add_prints(out, entity, tables[entity], frames[entity], noisy[entity], modes)
+        if on_ready is not None and not report.rejected:
+            on_ready(out, entity)
+    for entity in frames:  # what the report says of each file, in order
         table = tables[entity]
         total_dropped = table.dropped_lines + dropped_counts[entity]
         summary = report.files.get(table.name)
@@ -153,19 +164,41 @@ def validate_raw(
                 "fix the errors listed for this file and export again",
                 file=table.name,
             )
-        out.dropped_ids[entity] = []
-        if total_dropped:
-            dropped = table.frame.join(frame.select(LINE), on=LINE, how="anti").drop(LINE)
-            out.dropped_rows[entity] = dropped
-            out.dropped_ids[entity] = _dropped_ids(dropped, frame)
-        if table.prints is not None and table.seeds is not None and set(modes.values()) == {"bulk"}:
-            out.prints[entity] = _row_prints(frame[LINE], table.prints, noisy[entity])
-            out.seeds[entity] = table.seeds
-        if table.carried is not None:
-            out.carried[entity] = table.carried
-        out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
-        out.modes[entity] = modes[entity]
     return out
+
+
+def _outputs(
+    out: ValidatedSet,
+    entity: str,
+    table: RawTable,
+    frame: pl.DataFrame,
+    dropped: int,
+    modes: dict[str, str],
+) -> None:
+    """An entity's outputs, once its rows are final: clean table, dropped rows and ids."""
+    out.dropped_ids[entity] = []
+    if table.dropped_lines + dropped:
+        rows = table.frame.join(frame.select(LINE), on=LINE, how="anti").drop(LINE)
+        out.dropped_rows[entity] = rows
+        out.dropped_ids[entity] = _dropped_ids(rows, frame)
+    if table.carried is not None:
+        out.carried[entity] = table.carried
+    out.tables[entity] = _clean(frame, spec.ENTITY_BY_NAME[entity])
+    out.modes[entity] = modes[entity]
+
+
+def _add_prints(
+    out: ValidatedSet,
+    entity: str,
+    table: RawTable,
+    frame: pl.DataFrame,
+    noisy: list[pl.Series],
+    modes: dict[str, str],
+) -> None:
+    """The line prints of an entity's rows, when every file of the set is bulk."""
+    if table.prints is not None and table.seeds is not None and set(modes.values()) == {"bulk"}:
+        out.prints[entity] = _row_prints(frame[LINE], table.prints, noisy)
+        out.seeds[entity] = table.seeds
 
 
 def _row_prints(lines: pl.Series, prints: pl.DataFrame, noisy: list[pl.Series]) -> pl.DataFrame:

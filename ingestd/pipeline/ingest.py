@@ -5,21 +5,21 @@ temp folder and renamed into place, then ONE SQLite transaction inserts every
 change event, marks the set accepted and points the tenant at the snapshot. A
 crash before that transaction commits leaves the old snapshot current and the
 set `received`; `recover()` processes it again, and since events are only
-inserted in that transaction none is lost or duplicated. (The snapshot is
-written by a second thread, each entity as soon as its diff is done, while the
-other entities are diffed and the events inserted; the transaction waits for
-it to be in place before it commits.)
+inserted in that transaction none is lost or duplicated. (Each entity is diffed
+as soon as validation is done with it, and its snapshot file written as soon as
+its diff is done, by threads of their own (diffing.py) while the other entities
+are validated and diffed and the events inserted; the transaction waits for the
+snapshot to be in place before it commits.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from ingestd.config import Config
 from ingestd.errors import IngestError, UsageError
@@ -32,24 +32,19 @@ from ingestd.events.store import (
     StoreError,
 )
 from ingestd.logging import get_logger
-from ingestd.oneroster import spec
 from ingestd.oneroster.carry import CARRIABLE, NotCarried, validate_carried
 from ingestd.oneroster.report import Severity
 from ingestd.oneroster.validate import ValidatedSet, ValidationPolicy, validate_set
 from ingestd.pipeline import sets
-from ingestd.pipeline.carry import diff_carried
 from ingestd.pipeline.changes import record_events, set_event
-from ingestd.pipeline.diff import NATURAL_KEYS, DiffOptions, EntityDiff, diff_entity
+from ingestd.pipeline.diff import NATURAL_KEYS, DiffOptions
+from ingestd.pipeline.diffing import SetDiffs
 from ingestd.pipeline.prior import SnapshotLoading
 from ingestd.pipeline.safeguards import SafeguardPolicy, check
 from ingestd.pipeline.snapshot import (
-    Reuse,
-    Snapshot,
-    SnapshotWriter,
     prune_snapshots,
 )
 
-_T = TypeVar("_T")
 EXIT_CODES = {"accepted": 0, "duplicate": 0, "rejected": 1, "held": 3}
 _STALE_RETRIES = 5
 
@@ -297,13 +292,32 @@ class Pipeline:
         self._preloaded = None  # used once, by this set only
         if reader is None or (reader.tenant, reader.set_id) != (tenant, current):
             reader = SnapshotLoading(self.state_dir, tenant, current)
+        # Each entity is diffed as soon as validation is done with it, and its new snapshot
+        # file written (threads of their own) while the next is validated and diffed.
+        diffs = SetDiffs(self.state_dir, tenant, set_id, reader, policy.diff)
         try:
-            with self._phase("validate"):
-                result = self._validate(folder, policy, reader if current else None, log)
-                report_path = self._write_report(folder, result)
+            return self._validated(row, approved, log, current, folder, policy, reader, diffs)
         finally:
+            diffs.close()  # nothing once the snapshot is in place
             reader.join()
             self._timings["read_snapshot"] = reader.seconds
+            self._timings["write_snapshot"] = diffs.busy + diffs.writer.busy
+
+    def _validated(
+        self,
+        row: SetRow,
+        approved: bool,
+        log: Any,
+        current: str | None,
+        folder: Path,
+        policy: TenantPolicy,
+        reader: SnapshotLoading,
+        diffs: SetDiffs,
+    ) -> SetOutcome:
+        tenant, set_id = row.tenant, row.id
+        with self._phase("validate"):
+            result = self._validate(folder, policy, reader if current else None, log, diffs)
+            report_path = self._write_report(folder, result)
         if not result.accepted:
             summary = self._summary(row, "rejected", result=result, report=report_path)
             summary["reasons"] = _top_errors(result)
@@ -317,15 +331,7 @@ class Pipeline:
             log.info("set.rejected", errors=summary["errors"], report=str(report_path))
             return SetOutcome(set_id, tenant, "rejected", summary, rng)
 
-        old = reader.snapshot()
-        # Each entity's new snapshot file is written (in a thread of its own) as soon as
-        # its diff is done, while the next entity is diffed and the events are inserted.
-        writer = SnapshotWriter(self.state_dir, tenant, set_id)
-        try:
-            return self._decide(row, approved, log, current, result, report_path, old, writer)
-        finally:
-            writer.abort()  # nothing once the snapshot is in place
-            self._timings["write_snapshot"] = writer.busy
+        return self._decide(row, approved, log, current, result, report_path, diffs)
 
     def _validate(
         self,
@@ -333,19 +339,24 @@ class Pipeline:
         policy: TenantPolicy,
         snapshot: SnapshotLoading | None,
         log: Any,
+        diffs: SetDiffs,
     ) -> ValidatedSet:
         """Validate the set: read against the current snapshot when its rows have line
-        prints (only the changed lines are parsed), else (or if that cannot be) whole."""
+        prints (only the changed lines are parsed), else (or if that cannot be) whole.
+        Each entity is handed to `diffs` when validation is done with it."""
         path = sets.raw_input(folder)
         if snapshot is not None:
             prior = snapshot.prior()
             if prior is not None:
                 carry = [e for e in CARRIABLE if not _natural(policy, e)]
                 try:
-                    return validate_carried(path, policy.validation, prior, carry)
+                    return validate_carried(
+                        path, policy.validation, prior, carry, on_ready=diffs.ready
+                    )
                 except NotCarried as why:
                     log.info("set.read_whole", reason=str(why))
-        return validate_set(path, policy.validation, prints=True)
+                    diffs.restart()
+        return validate_set(path, policy.validation, prints=True, on_ready=diffs.ready)
 
     def _decide(
         self,
@@ -355,13 +366,13 @@ class Pipeline:
         current: str | None,
         result: ValidatedSet,
         report_path: Path,
-        old: Snapshot,
-        writer: SnapshotWriter,
+        set_diffs: SetDiffs,
     ) -> SetOutcome:
         tenant, set_id = row.tenant, row.id
         policy = self.policy(tenant)
+        writer = set_diffs.writer
         with self._phase("diff"):
-            diffs = self._diff(old, result, policy, writer)
+            diffs = set_diffs.all(result)
         counts = {e: d.counts for e, d in diffs.items()}
         reasons = check(counts, policy.safeguards, first_set=current is None)
         summary = self._summary(
@@ -410,68 +421,6 @@ class Pipeline:
         log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
         return SetOutcome(set_id, tenant, "accepted", summary, rng)
 
-    def _diff(
-        self,
-        snapshot: Snapshot,
-        result: ValidatedSet,
-        policy: TenantPolicy,
-        writer: SnapshotWriter,
-    ) -> dict[str, EntityDiff]:
-        """Every entity's diff (in spec order), each handed to `writer` when done. The
-        largest entity (enrollments, most days) is diffed in a thread of its own while this
-        one diffs the others, smallest first: polars leaves each a core part of the time."""
-        old = snapshot.tables
-        entities = [e for e in spec.ENTITY_NAMES if e in result.tables or e in old]
-        writer.describe_lines(tuple(sorted(result.modes)), result.seeds)
-
-        def one(entity: str) -> EntityDiff:
-            origin = snapshot.origins.get(entity)
-            carried = result.carried.get(entity)
-            if carried is not None:
-                d = diff_carried(
-                    entity,
-                    old[entity],
-                    snapshot.fingerprints.get(entity),
-                    carried,
-                    result.tables[entity],
-                    result.prints.get(entity),
-                    keep_rows=result.dropped_rows.get(entity),
-                    options=policy.diff,
-                )
-                if d.assembly is not None:
-                    writer.add_assembled(entity, d.assembly, origin)
-                    return d
-            else:
-                d = diff_entity(
-                    entity,
-                    old.get(entity),
-                    result.tables.get(entity),
-                    mode=result.modes.get(entity, "bulk"),
-                    keep_rows=result.dropped_rows.get(entity),
-                    options=policy.diff,
-                    old_fingerprints=snapshot.fingerprints.get(entity),
-                    new_lines=result.prints.get(entity),
-                )
-            reuse = None
-            if origin is not None and d.from_old is not None:
-                reuse = Reuse(origin, origin.rows_in_base(d.from_old))
-            lines = d.state_lines if entity in result.seeds else None
-            writer.add(entity, d.state, d.state_fingerprints, reuse, lines)
-            return d
-
-        by_size = sorted(entities, key=lambda e: _height(result.tables.get(e), old.get(e)))
-        if not by_size:
-            return {}
-        largest = by_size.pop()
-        beside = _Background(lambda: one(largest), "ingestd-diff")
-        try:
-            diffs = {entity: one(entity) for entity in by_size}
-        except BaseException:
-            beside.join()  # never leave it running against a writer being aborted
-            raise
-        diffs[largest] = beside.wait()
-        return {e: diffs[e] for e in entities}
-
     def _held(self, set_id: str) -> SetRow:
         row = self.store.get_set(set_id)
         if row is None:
@@ -515,38 +464,6 @@ class Pipeline:
 def _natural(policy: TenantPolicy, entity: str) -> bool:
     """True when the entity is matched on a natural key (the diff then needs every row)."""
     return policy.diff.natural_key and entity in NATURAL_KEYS
-
-
-def _height(*frames: Any) -> int:
-    return max((f.height for f in frames if f is not None), default=0)
-
-
-class _Background(Generic[_T]):
-    """`work` run in a thread of its own; `wait()` joins it and returns what it returned,
-    or raises what it raised."""
-
-    def __init__(self, work: Callable[[], _T], name: str) -> None:
-        self._result: _T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self, work: Callable[[], _T]) -> None:
-        try:
-            self._result = work()
-        except BaseException as exc:  # handed to whoever waits
-            self._error = exc
-
-    def wait(self) -> _T:
-        """Return the work's result when it is done; raise its exception if it failed."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]
-
-    def join(self) -> None:
-        """Return when the work is done, whatever the outcome."""
-        self._thread.join()
 
 
 def _top_errors(result: ValidatedSet, limit: int = 10) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The tenant's current snapshot, read in a thread of its own while the set is claimed and
-read: entity by entity, so reading the set against it waits only for the entity it has
-come to (`oneroster/carry.py`), and the diff waits for the whole of it.
+read: entity by entity, so reading the set against it (`oneroster/carry.py`) and diffing
+it wait only for the entity they have come to.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+import polars as pl
+
 from ingestd.oneroster import spec
 from ingestd.oneroster.carry import NotCarried, Prior, PriorEntity
-from ingestd.pipeline.snapshot import Snapshot, load_snapshot_entities
+from ingestd.pipeline.diff import Fingerprints
+from ingestd.pipeline.snapshot import Origin, Snapshot, load_snapshot_entities
 
 
 class SnapshotLoading:
@@ -86,3 +89,17 @@ class SnapshotLoading:
         if self._error is not None:
             raise self._error
         return self._printed.get(entity)
+
+    def part(self, entity: str) -> tuple[pl.DataFrame | None, Fingerprints | None, Origin | None]:
+        """One entity of the snapshot: its rows, stored fingerprints and origin (None where
+        it has none); waits for it."""
+        if entity in self._ready:
+            self._ready[entity].wait()
+        if self._error is not None:
+            raise self._error
+        snapshot = self._snapshot
+        return (
+            snapshot.tables.get(entity),
+            snapshot.fingerprints.get(entity),
+            snapshot.origins.get(entity),
+        )
