@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cache
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 import polars as pl
@@ -25,14 +25,15 @@ from ingestd.oneroster.csvfile import BOM, physical_lines
 L1, L2 = "__l1", "__l2"  # a row's line prints (UInt64; null: the row has none)
 
 # The modules whose code decides what a line reads as, whether it is valid and quiet, and
-# what its row is in the state (the diff's alignment); their source is read, not imported.
+# what its row is in the state (the diff's alignment), relative to the ingestd package;
+# their source is read as files (nothing of the pipeline is imported here).
 _RULE_MODULES = [
-    ("ingestd.oneroster", m)
+    f"oneroster/{m}"
     for m in ("carry.py", "csvfile.py", "lineprints.py", "reader.py", "references.py")
 ]
-_RULE_MODULES += [("ingestd.oneroster", m) for m in ("report.py", "rules.py", "spec.py")]
-_RULE_MODULES += [("ingestd.oneroster", "validate.py"), ("ingestd.pipeline", "diff.py")]
-_RULE_MODULES += [("ingestd.pipeline", "carry.py")]
+_RULE_MODULES += [f"oneroster/{m}" for m in ("report.py", "rules.py", "spec.py", "validate.py")]
+_RULE_MODULES += ["pipeline/diff.py", "pipeline/carry.py"]
+_PACKAGE = Path(__file__).resolve().parents[1]  # ingestd/
 
 
 @cache
@@ -44,12 +45,11 @@ def rules_fingerprint() -> bytes:
             digest.update(f"{name}={metadata.version(name)};".encode())
         except metadata.PackageNotFoundError:
             digest.update(f"{name}=?;".encode())
-    for package, module in _RULE_MODULES:
-        name = f"{package}/{module}".encode()
+    for module in _RULE_MODULES:
         try:
-            digest.update(name + b"\0" + resources.files(package).joinpath(module).read_bytes())
-        except (OSError, ModuleNotFoundError):
-            digest.update(name + b"\0?")
+            digest.update(module.encode() + b"\0" + (_PACKAGE / module).read_bytes())
+        except OSError:
+            digest.update(module.encode() + b"\0?")
     return digest.digest()
 
 

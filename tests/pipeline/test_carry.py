@@ -304,3 +304,37 @@ def test_reading_against_the_snapshot_decides_as_reading_whole(
     for n, (a, b) in enumerate(zip(with_carry, whole_read, strict=True), start=1):
         for key in ("report", *a):
             assert a[key] == b[key], (n, key, carried)
+
+
+@pytest.mark.parametrize("damage", ["other_rules", "unreadable"])
+def test_prints_made_under_other_rules_or_unreadable_are_not_trusted(
+    damage: str, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Line prints from another ingestd (other seeds) or a damaged lines.json: the next set
+    is read whole, and decides as it would have."""
+    day1 = copy_set(base, tmp_path / "day1")
+    day2 = next_day(random.Random(2), day1, tmp_path / "day2", plain=True)
+    expected = run(tmp_path / "expected", [day1, day2])
+    state = tmp_path / "state"
+    with EventStore.open(state) as store:
+        Pipeline(state, store).ingest_path(TENANT, day1)
+        lines = state / "snapshots" / TENANT / store.snapshot_of(TENANT) / "lines.json"  # type: ignore[operator]
+    about = json.loads(lines.read_text(encoding="utf-8"))
+    if damage == "other_rules":
+        about["seeds"] = {e: [s[0] ^ 1, s[1]] for e, s in about["seeds"].items()}
+        lines.write_text(json.dumps(about), encoding="utf-8")
+    else:
+        lines.write_text("{not json", encoding="utf-8")
+    carried: list[int] = []
+    real = validate_carried
+
+    def counting(*args: Any, **kwargs: Any) -> ValidatedSet:
+        result = real(*args, **kwargs)
+        carried.append(sum(r.lines.len() for r in result.carried.values()))
+        return result
+
+    monkeypatch.setattr(ingest, "validate_carried", counting)
+    seen = run(state, [day2])
+    assert carried in ([], [0]), carried  # nothing carried: read whole
+    assert seen[0]["events"] == expected[1]["events"]
+    assert seen[0]["report"] == expected[1]["report"]
