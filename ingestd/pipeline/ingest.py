@@ -418,7 +418,13 @@ class Pipeline:
             )
         with self._phase("prune"):
             prune_snapshots(self.state_dir, tenant, {set_id}, policy.snapshot_retention)
-        log.info("set.accepted", events=rng.count, first_event=rng.first, last_event=rng.last)
+        log.info(
+            "set.accepted",
+            events=rng.count,
+            first_event=rng.first,
+            last_event=rng.last,
+            carried_rows=sum(rows.lines.len() for rows in result.carried.values()),
+        )
         return SetOutcome(set_id, tenant, "accepted", summary, rng)
 
     def _held(self, set_id: str) -> SetRow:

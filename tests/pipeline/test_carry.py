@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from ingestd.events.store import EventStore
 from ingestd.oneroster.carry import NotCarried, validate_carried
@@ -338,3 +339,23 @@ def test_prints_made_under_other_rules_or_unreadable_are_not_trusted(
     assert carried in ([], [0]), carried  # nothing carried: read whole
     assert seen[0]["events"] == expected[1]["events"]
     assert seen[0]["report"] == expected[1]["report"]
+
+
+def test_the_log_says_how_many_rows_were_carried_and_why_a_set_was_read_whole(
+    base: Path, tmp_path: Path
+) -> None:
+    day1 = copy_set(base, tmp_path / "day1")
+    day2 = next_day(random.Random(4), day1, tmp_path / "day2", plain=True)
+    day3 = next_day(random.Random(5), day2, tmp_path / "day3", swap_header=True, plain=True)
+    state = tmp_path / "state"
+    lenient = TenantPolicy(validation=ValidationPolicy(max_invalid_rows_percent=25.0))
+    with EventStore.open(state) as store, capture_logs() as logs:
+        pipeline = Pipeline(state, store, lambda tenant: lenient)
+        outcomes = [pipeline.ingest_path(TENANT, day).status for day in (day1, day2, day3)]
+    assert outcomes == ["accepted", "accepted", "accepted"], outcomes
+    accepted = [e["carried_rows"] for e in logs if e["event"] == "set.accepted"]
+    assert accepted[0] == 0 and accepted[1] > 1000 and accepted[2] == 0, accepted
+    whole = [e for e in logs if e["event"] == "set.read_whole"]
+    assert [e["reason"] for e in whole] == [
+        "another header (or other rules) than the last accepted file"
+    ]
