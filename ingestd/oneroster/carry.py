@@ -48,10 +48,10 @@ from ingestd.oneroster.validate import OnReady, ValidatedSet, ValidationPolicy, 
 
 __all__ = ["CARRIABLE", "NotCarried", "Prior", "PriorEntity", "validate_carried"]
 
-# Entities whose rows can be carried: not those checked for parent cycles (orgs,
-# academicSessions: small, and a cycle involves rows that did not change).
 _ANCHOR_EVERY = 16  # lines between two lines looked up by binary search first
 
+# Entities whose rows can be carried: not those checked for parent cycles (orgs,
+# academicSessions: small, and a cycle involves rows that did not change).
 CARRIABLE = tuple(
     e for e in spec.ENTITY_NAMES if not any(r.entity == e and r.no_cycles for r in spec.REFERENCES)
 )
@@ -131,16 +131,6 @@ class Prior:
     printed: Callable[[str], PriorEntity | None]  # an entity with prints (waits for it)
     tables: Callable[[], dict[str, pl.DataFrame]]  # every entity of the state (waits)
 
-    @classmethod
-    def loaded(
-        cls,
-        tables: dict[str, pl.DataFrame],
-        printed: dict[str, PriorEntity],
-        files: tuple[str, ...],
-    ) -> Prior:
-        """A state already in memory."""
-        return cls(tuple(printed), files, printed.get, lambda: tables)
-
 
 def validate_carried(
     path: Path,
@@ -207,6 +197,7 @@ class _Matched:
     lines: pl.Series  # every line after the header
     prints: pl.DataFrame  # their L1, L2
     origin: pl.Series  # UInt32 per line: the prior row it is, or null (changed)
+    changed_at: pl.Series  # the lines (0 = the first after the header) with no prior row
     taken: pl.Series  # Boolean per prior row: a line is it
     own: bytes  # the changed lines as a file of their own (the header first)
 
@@ -250,7 +241,7 @@ def _match(
     ends = b"" if last_changed and not ends_with_newline else b"\n"
     body = lines.gather(changed_at).str.join("\n").item() if changed_at.len() else ""
     own = (header_text + ("\n" + body if changed_at.len() else "")).encode() + ends
-    return _Matched(lines, prints, origin, taken, own)
+    return _Matched(lines, prints, origin, changed_at, taken, own)
 
 
 def _read_changed(
@@ -259,16 +250,9 @@ def _read_changed(
     """The file's changed lines read as a file of their own, what the reader says of them
     told with their line numbers in the file; its unchanged lines are the prior rows they
     are."""
-    lines, prints, origin, taken, own = (
-        matched.lines,
-        matched.prints,
-        matched.origin,
-        matched.taken,
-        matched.own,
-    )
-    changed_at = origin.is_null().arg_true()
+    origin, changed_at, taken = matched.origin, matched.changed_at, matched.taken
     scratch = Report(source=name, max_examples=report.max_examples)
-    table = read_table(own, entity, name, scratch)
+    table = read_table(matched.own, entity, name, scratch)
     if table is None or scratch.rejected:
         raise NotCarried("a changed line makes the file unreadable")
     at = (changed_at + 2).cast(pl.UInt32)  # per line of `own` after its header, its LINE
@@ -301,7 +285,7 @@ def _read_changed(
         prior_rows=origin.drop_nulls(),
         lines=(kept_at.arg_true() + 2).cast(pl.UInt32),
         taken=taken,
-        prints=prints.filter(kept_at),
+        prints=matched.prints.filter(kept_at),
     )
     blank = changed_at.len() - table.data_lines  # blank lines are never carried
     return RawTable(
@@ -309,10 +293,10 @@ def _read_changed(
         name,
         table.header,
         frame,
-        lines.len() - blank,
+        matched.lines.len() - blank,
         table.dropped_lines,
         fixed,
-        prints=prints,
+        prints=matched.prints,
         seeds=prior.seeds,
         carried=carried,
     )

@@ -46,10 +46,10 @@ class StateAssembly:
             pl.coalesce(pl.lit(old).cast(pl.Int64), pl.lit(part).cast(pl.Int64) + self.prior.height)
         ).to_series()
 
-    def pieces(self, *, rechunk: bool = True) -> tuple[pl.DataFrame, tuple[str, ...] | None]:
-        """The snapshot's rows followed by the part's, with their fingerprints (H1, H2)
-        when both sides have them over the same columns; and those columns. `rechunk`:
-        as one chunk (a whole gather from it is twice as fast; a sparse one needs none)."""
+    def pieces(self) -> tuple[pl.DataFrame, tuple[str, ...] | None]:
+        """The snapshot's rows followed by the part's (not rechunked: a sparse gather
+        needs none), with their fingerprints (H1, H2) when both sides have them over the
+        same columns; and those columns."""
         mine = self.part.state_fingerprints()
         theirs = self.prior_fingerprints
         if (
@@ -58,22 +58,17 @@ class StateAssembly:
             or mine.columns != theirs.columns
             or theirs.hashes.height != self.prior.height
         ):
-            return pl.concat([self.prior, self.part.state], rechunk=rechunk), None
+            return pl.concat([self.prior, self.part.state], rechunk=False), None
         return (
             pl.concat(
                 [
                     pl.concat([self.prior, theirs.hashes.select(H1, H2)], how="horizontal"),
                     pl.concat([self.part.state, mine.hashes.select(H1, H2)], how="horizontal"),
                 ],
-                rechunk=rechunk,
+                rechunk=False,
             ),
             mine.columns,
         )
-
-    def frame(self) -> pl.DataFrame:
-        """The whole state, without fingerprints."""
-        pieces, _ = self.pieces()
-        return pieces.drop(H1, H2, strict=False)[self.source()]
 
 
 def diff_carried(

@@ -83,23 +83,23 @@ class SnapshotLoading:
         )
 
     def _entity(self, entity: str) -> PriorEntity | None:
-        if entity not in self._ready:
-            return None
-        self._ready[entity].wait()
-        if self._error is not None:
-            raise self._error
+        self._wait(entity)
         return self._printed.get(entity)
 
     def part(self, entity: str) -> tuple[pl.DataFrame | None, Fingerprints | None, Origin | None]:
         """One entity of the snapshot: its rows, stored fingerprints and origin (None where
         it has none); waits for it."""
-        if entity in self._ready:
-            self._ready[entity].wait()
-        if self._error is not None:
-            raise self._error
+        self._wait(entity)
         snapshot = self._snapshot
         return (
             snapshot.tables.get(entity),
             snapshot.fingerprints.get(entity),
             snapshot.origins.get(entity),
         )
+
+    def _wait(self, entity: str) -> None:
+        """Return once `entity` is loaded (or known absent); raise what reading raised."""
+        if entity in self._ready:
+            self._ready[entity].wait()
+        if self._error is not None:
+            raise self._error

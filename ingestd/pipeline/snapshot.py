@@ -99,7 +99,6 @@ class Snapshot:
     lines: dict[str, pl.DataFrame] = field(default_factory=dict)  # entity -> L1, L2 per row
     seeds: dict[str, tuple[int, int]] = field(default_factory=dict)  # what they are seeded with
     files: tuple[str, ...] | None = None  # the entity files of the set that made it
-    prior: Any = None  # what the next set is read against (ingest.py adds it)
 
 
 def snapshot_dir(state_dir: Path, tenant: str, set_id: str) -> Path:
@@ -289,7 +288,7 @@ class SnapshotWriter:
 
     def _write_assembled(self, entity: str, assembly: StateAssembly, origin: Origin | None) -> None:
         _write_parquet(assembly.lines.select(L1, L2), self.temp / f"{entity}.lines.parquet")
-        pieces, printed = assembly.pieces(rechunk=False)
+        pieces, printed = assembly.pieces()
         if printed is not None:
             self._printed[entity] = list(printed)
         if (
